@@ -1,0 +1,72 @@
+"""The `kun-ray` command. Thin: it parses arguments and calls the package's public functions.
+
+Exit codes: 0 done, 2 a config that cannot run (one line on stderr, no traceback), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from kun_ray.config import ConfigError, RunConfig, load_config
+
+
+def _connect_ray() -> None:
+    """Join the cluster in RAY_ADDRESS when it is set, else start a local Ray."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, logging_level=logging.WARNING)
+
+
+def _validate(config: RunConfig) -> int:
+    from kun_ray.io.read import plan_inputs
+
+    inputs = plan_inputs(config)
+    for source in config.sources:
+        n = sum(f.source == source.name for f in inputs)
+        print(f"{source.name}: {source.format}, {n} file{'s' * (n != 1)}")
+    print(f"output: {config.output.path}")
+    return 0
+
+
+def _run(config: RunConfig, progress: bool) -> int:
+    from kun_ray.io.read import plan_inputs
+    from kun_ray.pipeline import run
+    from kun_ray.report import format_table
+
+    plan_inputs(config)  # a glob that matches nothing fails before Ray starts
+    _connect_ray()
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = progress
+    report = run(config)
+    print(format_table(report))
+    print(f"\nrun folder: {report['output']}  ({report['wall_s']:.1f} s)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kun-ray", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_cmd = commands.add_parser("run", help="run a config's stages on Ray and write its run folder")
+    run_cmd.add_argument("config", help="the run's YAML config")
+    run_cmd.add_argument("--no-progress", action="store_true", help="hide Ray Data's progress bars")
+    validate_cmd = commands.add_parser("validate", help="check a config and list its input files, without running it")
+    validate_cmd.add_argument("config", help="the run's YAML config")
+    args = parser.parse_args(argv)
+
+    try:
+        config = load_config(args.config)
+        if args.command == "validate":
+            return _validate(config)
+        return _run(config, progress=not args.no_progress)
+    except ConfigError as error:
+        print(f"kun-ray: config error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

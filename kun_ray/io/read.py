@@ -1,0 +1,162 @@
+"""The read stage: the configured sources -> one Ray Dataset of document rows and reject rows.
+
+Planning (listing files) happens on the driver before any work starts, so a glob that
+matches nothing is a config error.  Reading is one Ray task per file, streaming: a file is
+parsed record by record and emitted in bounded blocks, so a 2 GB shard never sits in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import ray.data
+
+from kun_ray.config import ConfigError, RunConfig, SourceConfig, StorageOptions
+from kun_ray.io.base import CorpusReader
+from kun_ray.io.jsonl import JsonlReader
+from kun_ray.io.parquet import ParquetReader
+from kun_ray.io.records import Document, RecordError, blocks, one_line
+from kun_ray.io.skypile import SkypileReader
+from kun_ray.io.storage import expand, to_url, url_to_fs
+from kun_ray.io.wanjuan import WanjuanReader
+from kun_ray.io.wudao import WudaoReader
+
+READERS: dict[str, type[CorpusReader]] = {
+    "wudao": WudaoReader,
+    "wanjuan": WanjuanReader,
+    "skypile": SkypileReader,
+    "jsonl": JsonlReader,
+    "parquet": ParquetReader,
+}
+
+
+@dataclass(frozen=True)
+class InputFile:
+    source: str
+    url: str
+    #: The path below the pattern's root: stable when a corpus moves, so ids are built from it.
+    relpath: str
+
+
+def plan_inputs(config: RunConfig) -> list[InputFile]:
+    """Every input file of every source; a pattern that matches nothing is a ConfigError."""
+    inputs: list[InputFile] = []
+    for i, source in enumerate(config.sources):
+        seen: set[str] = set()
+        for j, pattern in enumerate(source.paths):
+            where = f"sources[{i}].paths[{j}]"
+            try:
+                fs, path = url_to_fs(pattern, config.storage_for(source.storage))
+                found = expand(fs, path)
+            except Exception as error:  # any listing failure is the config's path at fault
+                raise ConfigError(f"{where}: cannot list {pattern}: {type(error).__name__}: {one_line(error)}") from None
+            if not found:
+                raise ConfigError(f"{where}: no file matches {pattern}")
+            for path, relpath in found:
+                if path not in seen:
+                    seen.add(path)
+                    inputs.append(InputFile(source.name, to_url(fs, path), relpath))
+    return inputs
+
+
+def _record_text(record: Any) -> str:
+    try:
+        return orjson.dumps(record, default=str).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        return repr(record)
+
+
+def _text_problem(text: Any) -> RecordError | None:
+    if text is None:
+        return RecordError("missing_text", "the text field is null")
+    if not isinstance(text, str):
+        return RecordError("malformed_record", f"the text field is a {type(text).__name__}, not a string")
+    if not text.strip():
+        return RecordError("empty_text", "the text is empty")
+    return None
+
+
+class _Rows:
+    """Builds the stream rows of one file."""
+
+    def __init__(self, file: InputFile, source: SourceConfig, unit: str, max_reject_text_chars: int):
+        self.file, self.source, self.unit, self.limit = file, source, unit, max_reject_text_chars
+
+    def document(self, doc: Document, fallback_id: str) -> dict[str, Any]:
+        title = None if doc.title is None else str(doc.title)
+        return self._row(doc.doc_id or fallback_id, doc.text, title, doc.meta, None, None)
+
+    def reject(self, doc_id: str, error: RecordError, position: int | None, text: str | None = None) -> dict[str, Any]:
+        where = self.file.url if position is None else f"{self.file.url}, {self.unit} {position}"
+        if text is None and error.raw is not None:
+            text = error.raw[: self.limit * 4].decode("utf-8", errors="replace")
+        return self._row(doc_id, None if text is None else text[: self.limit], None, None, error.reason, f"{where}: {error.detail}")
+
+    def _row(self, doc_id, text, title, meta, reason, detail) -> dict[str, Any]:  # noqa: ANN001
+        return {
+            "doc_id": doc_id,
+            "source": self.source.name,
+            "text": text,
+            "title": title,
+            "meta": meta,
+            "reject_reason": reason,
+            "reject_detail": detail,
+        }
+
+
+def read_file(file: InputFile, source: SourceConfig, storage: StorageOptions, max_reject_text_chars: int = 2000) -> Iterator[dict[str, Any]]:
+    """Stream rows out of one file: a document per good record, a reject row per bad one.
+
+    Never raises for bad data: a file that cannot be opened or parsed to its end yields one
+    more reject row for the file (reason `unreadable_file`) after the records read before.
+    """
+    reader = READERS[source.format](source)
+    rows = _Rows(file, source, reader.unit, max_reject_text_chars)
+    try:
+        fs, path = url_to_fs(file.url, storage)
+        with fs.open(path, "rb", compression=reader.compression) as stream:
+            for position, record in reader.records(stream):
+                fallback_id = f"{file.relpath}:{position}"
+                if isinstance(record, RecordError):
+                    yield rows.reject(fallback_id, record, position)
+                    continue
+                if not isinstance(record, dict):
+                    error = RecordError("malformed_record", f"expected a JSON object, found a {type(record).__name__}")
+                    yield rows.reject(fallback_id, error, position, text=_record_text(record))
+                    continue
+                try:
+                    doc = reader.document(record)
+                except RecordError as error:
+                    yield rows.reject(fallback_id, error, position, text=_record_text(record))
+                    continue
+                if problem := _text_problem(doc.text):
+                    yield rows.reject(doc.doc_id or fallback_id, problem, position)
+                else:
+                    yield rows.document(doc, fallback_id)
+    except Exception as error:  # the file's boundary: whatever broke it becomes its reject
+        failure = RecordError("unreadable_file", f"{type(error).__name__}: {one_line(error)}")
+        yield rows.reject(file.relpath, failure, None)
+
+
+def _read_files(batch: pa.Table, config: RunConfig) -> Iterator[pa.Table]:
+    for item in batch.to_pylist():
+        file = InputFile(**item)
+        source = config.source(file.source)
+        rows = read_file(file, source, config.storage_for(source.storage), config.read.max_reject_text_chars)
+        yield from blocks(rows, config.read.block_rows)
+
+
+def read_documents(config: RunConfig, inputs: list[InputFile]) -> ray.data.Dataset:
+    """A Dataset of stream rows (kun_ray.io.records.STREAM_SCHEMA): one read task per file."""
+    files = ray.data.from_items([asdict(f) for f in inputs], override_num_blocks=max(1, len(inputs)))
+    return files.map_batches(
+        _read_files,
+        batch_size=1,
+        batch_format="pyarrow",
+        fn_kwargs={"config": config},
+        num_cpus=config.read.num_cpus,
+    )

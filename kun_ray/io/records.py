@@ -1,0 +1,97 @@
+"""The document and reject schemas, and the row stream a stage emits.
+
+A stage emits one stream of rows: documents it keeps, and rejected rows marked with
+`reject_reason` and `reject_detail`.  The run folder splits that stream into the stage's
+Parquet output and its rejects (see kun_ray/run.py), so a stage never drops a row silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+DOCUMENT_SCHEMA = pa.schema(
+    [
+        ("doc_id", pa.string()),
+        ("source", pa.string()),
+        ("text", pa.large_string()),
+        ("title", pa.string()),
+        ("meta", pa.large_string()),
+    ]
+)
+REJECT_COLUMNS = ("reject_reason", "reject_detail")
+STREAM_SCHEMA = DOCUMENT_SCHEMA.append(pa.field("reject_reason", pa.string())).append(
+    pa.field("reject_detail", pa.large_string())
+)
+REJECT_SCHEMA = pa.schema(
+    [
+        ("doc_id", pa.string()),
+        ("source", pa.string()),
+        ("stage", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.large_string()),
+        ("text", pa.large_string()),
+    ]
+)
+
+
+class RecordError(Exception):
+    """One record cannot become a document: a stable reason code and a human detail."""
+
+    def __init__(self, reason: str, detail: str, raw: bytes | None = None):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.raw = raw  # the record's bytes when it could not be parsed, kept for the reject row
+
+
+@dataclass(frozen=True)
+class Document:
+    """What a corpus format makes of one record, before the shared checks on its text."""
+
+    doc_id: str | None
+    text: Any
+    title: Any = None
+    meta: str | None = None
+
+
+def one_line(text: str, limit: int = 500) -> str:
+    """Messages go into a single-line `detail`: newlines folded, length capped."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+class BlockBuilder:
+    """Accumulates stream rows and hands them out as Arrow tables of bounded size."""
+
+    def __init__(self, max_rows: int, max_bytes: int = 64 << 20):
+        self.max_rows = max_rows
+        self.max_bytes = max_bytes
+        self._rows: list[dict[str, Any]] = []
+        self._bytes = 0
+
+    def add(self, row: dict[str, Any]) -> pa.Table | None:
+        self._rows.append(row)
+        self._bytes += len(row["text"] or "") + len(row["meta"] or "")
+        if len(self._rows) >= self.max_rows or self._bytes >= self.max_bytes:
+            return self.flush()
+        return None
+
+    def flush(self) -> pa.Table | None:
+        if not self._rows:
+            return None
+        table = pa.Table.from_pylist(self._rows, schema=STREAM_SCHEMA)
+        self._rows, self._bytes = [], 0
+        return table
+
+
+def blocks(rows: Iterator[dict[str, Any]], max_rows: int) -> Iterator[pa.Table]:
+    builder = BlockBuilder(max_rows)
+    for row in rows:
+        if (table := builder.add(row)) is not None:
+            yield table
+    if (table := builder.flush()) is not None:
+        yield table
