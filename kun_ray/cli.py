@@ -11,6 +11,7 @@ import os
 import sys
 
 from kun_ray.config import ConfigError, RunConfig, load_config
+from kun_ray.io.read import InputFile, plan_inputs
 
 
 def _connect_ray() -> None:
@@ -19,12 +20,12 @@ def _connect_ray() -> None:
 
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, logging_level=logging.WARNING)
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    print(f"kun-ray: Ray cluster at {ray.get_runtime_context().gcs_address} ({cpus} CPUs, {gpus} GPUs)", file=sys.stderr)
 
 
-def _validate(config: RunConfig) -> int:
-    from kun_ray.io.read import plan_inputs
-
-    inputs = plan_inputs(config)
+def _validate(config: RunConfig, inputs: list[InputFile]) -> int:
     for source in config.sources:
         n = sum(f.source == source.name for f in inputs)
         print(f"{source.name}: {source.format}, {n} file{'s' * (n != 1)}")
@@ -32,17 +33,15 @@ def _validate(config: RunConfig) -> int:
     return 0
 
 
-def _run(config: RunConfig, progress: bool) -> int:
-    from kun_ray.io.read import plan_inputs
+def _run(config: RunConfig, inputs: list[InputFile], progress: bool) -> int:
     from kun_ray.pipeline import run
     from kun_ray.report import format_table
 
-    plan_inputs(config)  # a glob that matches nothing fails before Ray starts
     _connect_ray()
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = progress
-    report = run(config)
+    report = run(config, inputs)
     print(format_table(report))
     print(f"\nrun folder: {report['output']}  ({report['wall_s']:.1f} s)")
     return 0
@@ -60,9 +59,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         config = load_config(args.config)
+        try:  # listing the inputs before Ray starts: a glob that matches nothing stops here
+            inputs = plan_inputs(config)
+        except ConfigError as error:
+            raise ConfigError(f"{args.config}: {error}") from None
         if args.command == "validate":
-            return _validate(config)
-        return _run(config, progress=not args.no_progress)
+            return _validate(config, inputs)
+        return _run(config, inputs, progress=not args.no_progress)
     except ConfigError as error:
         print(f"kun-ray: config error: {error}", file=sys.stderr)
         return 2

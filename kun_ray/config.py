@@ -7,6 +7,7 @@ the way s3fs and gcsfs find them.
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -120,10 +121,14 @@ def _location(loc: tuple[Any, ...]) -> str:
 
 
 def _one_line(error: ValidationError) -> str:
-    first = error.errors()[0]
+    # An unknown key is the most telling error: a typo also makes its intended key "missing".
+    errors = sorted(error.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    first = errors[0]
     kind, msg = first["type"], first["msg"]
     if kind == "extra_forbidden":
-        msg = "unknown key"
+        missing = [e["loc"][-1] for e in errors if e["type"] == "missing" and e["loc"][:-1] == first["loc"][:-1]]
+        close = difflib.get_close_matches(str(first["loc"][-1]), [str(m) for m in missing], n=1)
+        msg = "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
     elif kind == "missing":
         msg = "missing required key"
     elif msg.startswith("Value error, "):

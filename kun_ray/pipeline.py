@@ -12,16 +12,19 @@ from typing import Any
 
 from kun_ray import __version__
 from kun_ray.config import RunConfig
-from kun_ray.io.read import plan_inputs, read_documents
+from kun_ray.io.read import InputFile, plan_inputs, read_documents
 from kun_ray.report import stage_report
 from kun_ray.run import RunFolder
 
 
-def run(config: RunConfig) -> dict[str, Any]:
-    """Run the configured stages on the current Ray cluster; returns the report also written to report.json."""
+def run(config: RunConfig, inputs: list[InputFile] | None = None) -> dict[str, Any]:
+    """Run the configured stages on the current Ray cluster; returns the report also written to report.json.
+
+    `inputs` are the files `plan_inputs(config)` lists; they are listed here when not given.
+    """
     started = datetime.now(timezone.utc)
     clock = time.monotonic()
-    inputs = plan_inputs(config)
+    inputs = plan_inputs(config) if inputs is None else inputs
     folder = RunFolder(config)
 
     stage_clock = time.monotonic()

@@ -1,0 +1,97 @@
+"""Shared fixtures: a real local Ray cluster and a real S3 server (SeaweedFS) on loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+# Test-only credentials for the loopback S3 server. Set before Ray starts so its workers inherit them.
+S3_KEY, S3_SECRET = "kunray-test-key", "kunray-test-secret-7f3a"
+os.environ["AWS_ACCESS_KEY_ID"] = S3_KEY
+os.environ["AWS_SECRET_ACCESS_KEY"] = S3_SECRET
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+S3_PORT = 8333
+BUCKETS = ("corpora", "runs")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray for the whole session; its GCS address lets subprocesses join it."""
+    import ray
+    import ray.data
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+
+    def fs(self):
+        import s3fs
+
+        return s3fs.S3FileSystem(endpoint_url=self.endpoint)
+
+    def storage(self) -> dict:
+        return {"endpoint_url": self.endpoint}
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory) -> S3Server:
+    """SeaweedFS's `weed mini` on 127.0.0.1, stopped by its own process id."""
+    weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+    if _port_open(S3_PORT):
+        pytest.fail(f"port {S3_PORT} is taken on 127.0.0.1: stop whatever holds it before the S3 tests")
+    data = tmp_path_factory.mktemp("seaweedfs")
+    log = open(data / "weed.log", "wb")
+    process = subprocess.Popen(
+        [weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-bucket={','.join(BUCKETS)}", "-admin.ui=false", "-webdav=false"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=data,
+        env={**os.environ, "AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET},
+        start_new_session=True,
+    )
+    server = S3Server(f"http://127.0.0.1:{S3_PORT}")
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"weed mini exited with {process.returncode}; see {data / 'weed.log'}")
+            if _port_open(S3_PORT):
+                try:
+                    if all(server.fs().exists(b) for b in BUCKETS):
+                        break
+                except Exception:
+                    pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"weed mini did not serve S3 within 60 s; see {data / 'weed.log'}")
+            time.sleep(0.5)
+        yield server
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()

@@ -1,0 +1,117 @@
+"""The run config: what a user writes, and one-line errors for what cannot run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from kun_ray.config import ConfigError, load_config, parse_config
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "run.yaml"
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+MINIMAL = """
+sources:
+  - name: wudao
+    format: wudao
+    paths: ["s3://corpora/wudao/*.json"]
+output: s3://runs/demo-001
+"""
+
+
+def test_the_least_a_user_writes(tmp_path):
+    config = load_config(write(tmp_path, MINIMAL))
+    assert config.sources[0].paths == ["s3://corpora/wudao/*.json"]
+    assert config.output.path == "s3://runs/demo-001"
+    assert config.storage_for(config.sources[0].storage).anonymous is False
+
+
+def test_local_paths_are_relative_to_the_config_file(tmp_path):
+    config = load_config(write(tmp_path, "sources: [{name: a, format: skypile, paths: [data/*.jsonl]}]\noutput: out\n"))
+    assert config.sources[0].paths == [str(tmp_path / "data/*.jsonl")]
+    assert config.output.path == str(tmp_path / "out")
+
+
+def test_storage_options_per_source_and_output(tmp_path):
+    config = load_config(
+        write(
+            tmp_path,
+            """
+            storage: {region: cn-north-1}
+            sources:
+              - {name: a, format: skypile, paths: ["s3://c/*.jsonl"], storage: {endpoint_url: "http://127.0.0.1:9000", anonymous: true}}
+              - {name: b, format: wanjuan, paths: ["s3://c/*.jsonl"]}
+            output: {path: "s3://runs/x", storage: {endpoint_url: "http://127.0.0.1:9001"}}
+            """,
+        )
+    )
+    assert config.storage_for(config.sources[0].storage).anonymous is True
+    assert config.storage_for(config.sources[1].storage).region == "cn-north-1"
+    assert config.storage_for(config.output.storage).endpoint_url == "http://127.0.0.1:9001"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (MINIMAL.replace("format: wudao", "formt: wudao"), "sources[0].formt: unknown key"),
+        (MINIMAL.replace("output: s3://runs/demo-001", ""), "output: missing required key"),
+        (MINIMAL.replace('paths: ["s3://corpora/wudao/*.json"]', "paths: 7"), "sources[0].paths: Input should be a valid list"),
+        (MINIMAL.replace("format: wudao", "format: common_crawl"), "sources[0].format: Input should be 'wudao', 'wanjuan', 'skypile', 'jsonl' or 'parquet'"),
+        (MINIMAL + "storage: {key: AKIAXXXX}\n", "storage.key: unknown key"),
+        (MINIMAL.replace("format: wudao", "format: wudao\n    text_field: body"), "sources[0]: text_field applies only to jsonl and parquet sources"),
+        (MINIMAL.replace("output:", "  - {name: wudao, format: skypile, paths: [x]}\noutput:"), "sources: source name 'wudao' is used twice"),
+        ("sources: [\n  {name: a,\n", "line "),
+        ("- just\n- a list\n", "the config must be a mapping"),
+    ],
+    ids=["unknown-key", "missing-key", "wrong-type", "bad-format", "credential-key", "field-on-fixed-format", "duplicate-name", "bad-yaml", "not-a-mapping"],
+)
+def test_errors_are_one_line_naming_the_key(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(error.value).startswith(f"{path}: ")
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def kun_ray(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "kun_ray.cli", *args], capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_cli_config_error_exits_2_with_one_line(tmp_path):
+    result = kun_ray("validate", str(write(tmp_path, MINIMAL.replace("paths", "path"))))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "sources[0].path: unknown key" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_cli_glob_matching_nothing_exits_2_naming_the_path(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/a.jsonl").write_text('{"text": "x"}\n')
+    config = write(tmp_path, "sources: [{name: a, format: skypile, paths: [data/*.jsonl, data/*.json.gz]}]\noutput: out\n")
+    result = kun_ray("run", str(config))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"kun-ray: config error: {config}: sources[0].paths[1]: no file matches {tmp_path}/data/*.json.gz"
+    assert not (tmp_path / "out").exists(), "no work may start before the config is checked"
+
+
+def test_cli_validate_lists_inputs(tmp_path):
+    (tmp_path / "data").mkdir()
+    for name in ("a.jsonl", "b.jsonl", ".hidden.jsonl"):
+        (tmp_path / "data" / name).write_text('{"text": "x"}\n')
+    result = kun_ray("validate", str(write(tmp_path, "sources: [{name: sky, format: skypile, paths: [data]}]\noutput: out\n")))
+    assert result.returncode == 0, result.stderr
+    assert "sky: skypile, 2 files" in result.stdout

@@ -1,0 +1,141 @@
+"""`kun-ray run` end to end on a real local Ray cluster, from local disk and from a real S3 server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pytest
+import yaml
+
+from corpus import build_corpus
+from kun_ray.config import parse_config
+from kun_ray.pipeline import run
+
+
+def outcomes(documents, rejects):
+    """(source, doc_id) -> None for a document, else its reject reason."""
+    result = {}
+    for row in documents:
+        result[(row["source"], row["doc_id"])] = None
+    for row in rejects:
+        assert (row["source"], row["doc_id"]) not in result, "a record is both kept and rejected"
+        result[(row["source"], row["doc_id"])] = row["reason"]
+    return result
+
+
+def read_local(path):
+    return pads.dataset(str(path), format="parquet").to_table().to_pylist() if path.exists() else []
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return build_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="module")
+def local_run(ray_cluster, corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    config = parse_config({"sources": corpus.sources(), "output": str(out), "read": {"block_rows": 3}})
+    return out, run(config)
+
+
+def test_every_record_lands_in_documents_or_rejects(corpus, local_run):
+    out, _ = local_run
+    documents, rejects = read_local(out / "documents"), read_local(out / "rejects")
+    assert len(documents) + len(rejects) == len(corpus.expected)
+    assert outcomes(documents, rejects) == corpus.expected
+    assert {r["stage"] for r in rejects} == {"read"}
+    assert all(r["detail"] for r in rejects)
+    assert sorted(os.listdir(out)) == ["documents", "rejects", "report.json"]
+
+
+def test_document_schema(local_run):
+    out, _ = local_run
+    schema = pads.dataset(str(out / "documents"), format="parquet").schema
+    assert schema.names == ["doc_id", "source", "text", "title", "meta"]
+
+
+def test_report_accounts_for_every_record(corpus, local_run):
+    out, report = local_run
+    assert json.loads((out / "report.json").read_text()) == report
+    (read,) = report["stages"]
+    expected_reasons = Counter(r for r in corpus.expected.values() if r)
+    assert read["in"] == len(corpus.expected)
+    assert read["kept"] == sum(r is None for r in corpus.expected.values())
+    assert read["rejected_by_reason"] == dict(expected_reasons)
+    for source, counts in read["by_source"].items():
+        mine = [r for (s, _), r in corpus.expected.items() if s == source]
+        assert (counts["in"], counts["kept"]) == (len(mine), mine.count(None))
+    assert report["sources"]["skypile"]["files"] == 2
+
+
+def test_rerun_replaces_instead_of_appending(ray_cluster, corpus, local_run):
+    out, first = local_run
+    config = parse_config({"sources": corpus.sources(), "output": str(out)})
+    second = run(config)
+    assert [s["in"] for s in second["stages"]] == [s["in"] for s in first["stages"]]
+    assert len(read_local(out / "documents")) == first["stages"][0]["kept"]
+
+
+@pytest.fixture(scope="module")
+def s3_corpus(s3, corpus):
+    fs = s3.fs()
+    fs.put(str(corpus.root) + "/", "corpora/test/", recursive=True)
+    fs.invalidate_cache()
+    return "s3://corpora/test"
+
+
+def test_run_from_s3_to_s3(ray_cluster, s3, corpus, s3_corpus, local_run):
+    config = parse_config(
+        {
+            "sources": corpus.sources(s3_corpus),
+            "output": "s3://runs/from-s3",
+            "storage": s3.storage(),
+        }
+    )
+    report = run(config)
+    fs = s3.fs()
+    fs.invalidate_cache()
+    arrow_fs = pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+    documents = pads.dataset("runs/from-s3/documents", format="parquet", filesystem=arrow_fs).to_table().to_pylist()
+    rejects = pads.dataset("runs/from-s3/rejects", format="parquet", filesystem=arrow_fs).to_table().to_pylist()
+    assert outcomes(documents, rejects) == corpus.expected
+    assert json.loads(fs.cat("runs/from-s3/report.json")) == report
+    assert report["stages"][0]["rejected_by_reason"] == local_run[1]["stages"][0]["rejected_by_reason"]
+    detail = next(r["detail"] for r in rejects if r["reason"] == "invalid_utf8")
+    assert detail.startswith("s3://corpora/test/skypile/data/2020-40_zh_head_0000.jsonl, line 2:")
+
+
+def test_wrong_s3_credentials_fail_before_work_with_one_line(s3, s3_corpus, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"sources": [{"name": "s", "format": "skypile", "paths": [f"{s3_corpus}/skypile/data/*.jsonl"]}], "output": str(tmp_path / "out"), "storage": s3.storage()}))
+    env = {**os.environ, "AWS_SECRET_ACCESS_KEY": "not-the-secret"}
+    result = subprocess.run([sys.executable, "-m", "kun_ray.cli", "run", str(config)], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"kun-ray: config error: {config}: sources[0].paths[0]: cannot list s3://corpora/test/skypile/data/*.jsonl: PermissionError")
+    assert result.stderr.count("\n") == 1
+    assert "not-the-secret" not in result.stderr + result.stdout
+
+
+def test_cli_run_joins_the_cluster_in_ray_address_and_prints_the_table(ray_cluster, tmp_path):
+    config = os.path.join(os.path.dirname(__file__), "..", "jobs", "demo.yaml")
+    demo = yaml.safe_load(open(config))
+    demo["output"] = str(tmp_path / "demo")
+    demo["sources"] = [{**s, "paths": [os.path.abspath(os.path.join(os.path.dirname(config), p)) for p in s["paths"]]} for s in demo["sources"]]
+    (tmp_path / "demo.yaml").write_text(yaml.safe_dump(demo, allow_unicode=True))
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster}
+    result = subprocess.run([sys.executable, "-m", "kun_ray.cli", "run", "--no-progress", str(tmp_path / "demo.yaml")], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    read = report["stages"][0]
+    assert read["in"] == read["kept"] + read["rejected"] > 0
+    header, total = result.stdout.splitlines()[:2]
+    assert header.split()[:5] == ["stage", "source", "in", "kept", "rejected"]
+    assert total.split()[:5] == ["read", "(all)", str(read["in"]), str(read["kept"]), str(read["rejected"])]
+    assert f"kun-ray: Ray cluster at {ray_cluster} (2 CPUs" in result.stderr
