@@ -61,40 +61,45 @@ class RunFolder:
     def _has_files(self, path: str) -> bool:
         return self.fs.exists(path) and any(p.endswith(".parquet") for p in self.fs.find(path))
 
+    def _remove(self, path: str) -> None:
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
     def _read(self, path: str, **kwargs: Any) -> ray.data.Dataset:
         return ray.data.read_parquet(path, filesystem=self.arrow_fs, **kwargs)
 
     def _write(self, dataset: ray.data.Dataset, path: str) -> None:
-        if self.fs.exists(path):
-            self.fs.rm(path, recursive=True)
+        """Replace whatever `path` holds with the dataset, so a re-run never appends twice."""
+        self._remove(path)
         dataset.write_parquet(path, filesystem=self.arrow_fs)
 
-    def write_stage(self, stage: str, stream: ray.data.Dataset, kept_dir: str) -> Tally:
-        """Run a stage's row stream to storage; its kept rows go to `kept_dir`, its rejects to rejects/<stage>/."""
-        staging = self.path("_staging", stage)
-        self._write(stream, staging)
+    def _tally(self, path: str) -> Tally:
         tally: Tally = Counter()
-        if self._has_files(staging):
-            for row in self._read(staging, columns=["source", "reject_reason"]).map_batches(_tally_block, batch_format="pyarrow").take_all():
+        if self._has_files(path):
+            counts = self._read(path, columns=["source", "reject_reason"]).map_batches(_tally_block, batch_format="pyarrow")
+            for row in counts.take_all():
                 tally[(row["source"], row["reject_reason"])] += row["count_all"]
-        kept = sum(n for (_, reason), n in tally.items() if reason is None)
-        rejected = sum(tally.values()) - kept
-        staged = self._read(staging) if tally else None
-        self._write_part(staged, kept, self.path(kept_dir), lambda ds: ds.filter(expr=col("reject_reason").is_null()).drop_columns(list(REJECT_COLUMNS)))
-        self._write_part(
-            staged,
-            rejected,
-            self.path("rejects", stage),
-            lambda ds: ds.filter(expr=col("reject_reason").is_not_null()).map_batches(_as_rejects, batch_format="pyarrow", fn_kwargs={"stage": stage}),
-        )
-        self.fs.rm(self.path("_staging"), recursive=True)
         return tally
 
-    def _write_part(self, staged, rows, path, select) -> None:  # noqa: ANN001
-        if rows:
-            self._write(select(staged), path)
-        elif self.fs.exists(path):
-            self.fs.rm(path, recursive=True)
+    def write_stage(self, stage: str, stream: ray.data.Dataset, kept_dir: str) -> Tally:
+        """Run a stage's row stream to storage; its kept rows go to `kept_dir`, its rejects to rejects/<stage>/.
+
+        A folder that would be empty is not written.
+        """
+        staging = self.path("_staging", stage)
+        self._write(stream, staging)
+        tally = self._tally(staging)
+        kept_path, rejects_path = self.path(kept_dir), self.path("rejects", stage)
+        self._remove(kept_path)
+        self._remove(rejects_path)
+        if any(reason is None for _, reason in tally):
+            kept = self._read(staging).filter(expr=col("reject_reason").is_null())
+            self._write(kept.drop_columns(list(REJECT_COLUMNS)), kept_path)
+        if any(reason is not None for _, reason in tally):
+            rejected = self._read(staging).filter(expr=col("reject_reason").is_not_null())
+            self._write(rejected.map_batches(_as_rejects, batch_format="pyarrow", fn_kwargs={"stage": stage}), rejects_path)
+        self._remove(self.path("_staging"))
+        return tally
 
     def write_json(self, name: str, payload: dict[str, Any]) -> None:
         with self.fs.open(self.path(name), "w", encoding="utf-8") as f:

@@ -18,7 +18,6 @@ import pytest
 S3_KEY, S3_SECRET = "kunray-test-key", "kunray-test-secret-7f3a"
 os.environ["AWS_ACCESS_KEY_ID"] = S3_KEY
 os.environ["AWS_SECRET_ACCESS_KEY"] = S3_SECRET
-os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 S3_PORT = 8333
 BUCKETS = ("corpora", "runs")

@@ -96,7 +96,7 @@ class _Rows:
             text = error.raw[: self.limit * 4].decode("utf-8", errors="replace")
         return self._row(doc_id, None if text is None else text[: self.limit], None, None, error.reason, f"{where}: {error.detail}")
 
-    def _row(self, doc_id, text, title, meta, reason, detail) -> dict[str, Any]:  # noqa: ANN001
+    def _row(self, doc_id: str, text: str | None, title: str | None, meta: str | None, reason: str | None, detail: str | None) -> dict[str, Any]:
         return {
             "doc_id": doc_id,
             "source": self.source.name,
