@@ -15,11 +15,14 @@ from kun_ray.io.read import InputFile, plan_inputs
 
 
 def _connect_ray() -> None:
-    """Join the cluster in RAY_ADDRESS when it is set, else start a local Ray."""
+    """Join the cluster in RAY_ADDRESS when it is set, else start a local Ray on loopback."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, logging_level=logging.WARNING)
+        if address := os.environ.get("RAY_ADDRESS"):
+            ray.init(address=address, logging_level=logging.WARNING)
+        else:
+            ray.init(_node_ip_address="127.0.0.1", logging_level=logging.WARNING)
     cpus = int(ray.cluster_resources().get("CPU", 0))
     gpus = int(ray.cluster_resources().get("GPU", 0))
     print(f"kun-ray: Ray cluster at {ray.get_runtime_context().gcs_address} ({cpus} CPUs, {gpus} GPUs)", file=sys.stderr)

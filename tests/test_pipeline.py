@@ -139,3 +139,16 @@ def test_cli_run_joins_the_cluster_in_ray_address_and_prints_the_table(ray_clust
     assert header.split()[:5] == ["stage", "source", "in", "kept", "rejected"]
     assert total.split()[:5] == ["read", "(all)", str(read["in"]), str(read["kept"]), str(read["rejected"])]
     assert f"kun-ray: Ray cluster at {ray_cluster} (2 CPUs" in result.stderr
+
+
+def test_storage_options_reach_s3fs(s3, s3_corpus):
+    """`anonymous: true` really sends unsigned requests: this server refuses them, so listing fails."""
+    from kun_ray.config import ConfigError
+    from kun_ray.io.read import plan_inputs
+
+    source = {"name": "s", "format": "skypile", "paths": [f"{s3_corpus}/skypile/data/*.jsonl"]}
+    signed = parse_config({"sources": [source], "output": "/tmp/unused", "storage": s3.storage()})
+    assert [f.relpath for f in plan_inputs(signed)] == ["2020-40_zh_head_0000.jsonl"]
+    anonymous = parse_config({"sources": [{**source, "storage": {**s3.storage(), "anonymous": True}}], "output": "/tmp/unused"})
+    with pytest.raises(ConfigError, match=r"sources\[0\]\.paths\[0\]: cannot list"):
+        plan_inputs(anonymous)
