@@ -12,9 +12,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
+	$(BIN)/python -m kun_ray.smoke_models jobs/demo.yaml runs/smoke-models
 	$(BIN)/kun-ray run jobs/demo.yaml
 	@echo
-	@echo "Read it back: runs/demo/documents/ and runs/demo/rejects/ (Parquet), runs/demo/report.json"
+	@echo "Read it back: runs/demo/{documents,filtered,clean}/ and runs/demo/rejects/ (Parquet), runs/demo/report.json"
 
 test: $(VENV)/.installed
 	$(BIN)/pytest

@@ -72,11 +72,94 @@ class ReadConfig(StrictModel):
     max_reject_text_chars: int = Field(default=2000, ge=0)
 
 
+class StageConfig(StrictModel):
+    """What every stage declares: whether it runs, and the resources each of its workers takes.
+
+    `concurrency` caps how many of the stage's tasks run at once; null leaves it to Ray Data.
+    """
+
+    enabled: bool = True
+    num_cpus: float = Field(default=1.0, gt=0)
+    concurrency: int | None = Field(default=None, gt=0)
+    batch_size: int = Field(default=256, gt=0)
+
+
+class NormalizeConfig(StageConfig):
+    """Strip control and zero-width characters, collapse whitespace runs, optionally NFKC."""
+
+    collapse_whitespace: bool = True
+    nfkc: bool = False
+
+
+class LengthConfig(StageConfig):
+    """Drop texts by characters and by tokens of the label model's tokenizer (Kun: over 512 tokens)."""
+
+    min_chars: int = Field(default=20, ge=0)
+    max_chars: int | None = Field(default=None, gt=0)
+    max_tokens: int | None = Field(default=512, gt=0)
+    #: A Hugging Face tokenizer: hub id, local folder, or s3:// / gs:// folder. Without one, tokens are not counted.
+    tokenizer: str | None = None
+
+
+class PerplexityConfig(StageConfig):
+    """KenLM perplexity over SentencePiece pieces, CCNet-style; cut by `max_ppl` or by `keep_fraction`."""
+
+    enabled: bool = False
+    kenlm_model: str | None = None
+    sentencepiece_model: str | None = None
+    max_ppl: float | None = Field(default=None, gt=0)
+    #: Keep the lowest-perplexity fraction, the cut estimated on `sample_size` random documents.
+    keep_fraction: float | None = Field(default=None, gt=0, le=1)
+    sample_size: int = Field(default=10_000, gt=0)
+    seed: int = 0
+    storage: StorageOptions | None = None
+
+    @model_validator(mode="after")
+    def _models_and_one_cut(self) -> PerplexityConfig:
+        if self.enabled:
+            for key in ("kenlm_model", "sentencepiece_model"):
+                if getattr(self, key) is None:
+                    raise ValueError(f"{key} is required when the perplexity stage is enabled")
+            if (self.max_ppl is None) == (self.keep_fraction is None):
+                raise ValueError("set exactly one of max_ppl and keep_fraction")
+        return self
+
+
+class HeuristicsConfig(StageConfig):
+    """Kun's repetition and whitespace filters."""
+
+    #: A unit of 1..max_unit_chars characters repeated more than max_unit_repeats times in a row.
+    max_unit_chars: int = Field(default=10, gt=0)
+    max_unit_repeats: int = Field(default=10, gt=0)
+    #: The share of the text's characters in lines that occur more than once.
+    max_repeated_line_fraction: float = Field(default=0.3, ge=0, le=1)
+    max_whitespace_run: int = Field(default=10, gt=0)
+
+
+class ExactDedupConfig(StageConfig):
+    """Drop texts identical to one kept earlier (source order in the config, then doc_id)."""
+
+
+class NearDedupConfig(StageConfig):
+    """MinHash + LSH on character n-grams; one document kept per connected group."""
+
+    threshold: float = Field(default=0.8, gt=0, lt=1)
+    ngram: int = Field(default=5, gt=0)
+    num_perm: int = Field(default=128, gt=0)
+    seed: int = 42
+
+
 class RunConfig(StrictModel):
     sources: list[SourceConfig] = Field(min_length=1)
     output: OutputConfig
     storage: StorageOptions = StorageOptions()
     read: ReadConfig = ReadConfig()
+    normalize: NormalizeConfig = NormalizeConfig()
+    length: LengthConfig = LengthConfig()
+    perplexity: PerplexityConfig = PerplexityConfig()
+    heuristics: HeuristicsConfig = HeuristicsConfig()
+    exact_dedup: ExactDedupConfig = ExactDedupConfig()
+    near_dedup: NearDedupConfig = NearDedupConfig()
 
     @field_validator("output", mode="before")
     @classmethod
@@ -148,6 +231,12 @@ def parse_config(data: Any, base: Path = Path.cwd()) -> RunConfig:
     for source in config.sources:
         source.paths = [_resolve_local(p, base) for p in source.paths]
     config.output.path = _resolve_local(config.output.path, base)
+    for key in ("kenlm_model", "sentencepiece_model"):
+        if (path := getattr(config.perplexity, key)) is not None:
+            setattr(config.perplexity, key, _resolve_local(path, base))
+    tokenizer = config.length.tokenizer
+    if tokenizer is not None and _is_local(tokenizer) and (tokenizer.startswith((".", "/", "~")) or (base / tokenizer).exists()):
+        config.length.tokenizer = _resolve_local(tokenizer, base)  # a local folder; anything else is a hub id
     return config
 
 

@@ -1,20 +1,77 @@
 """Assembles the stages a config asks for into Ray Data flows, and keeps the accounting.
 
-Today the pipeline is read -> write: every record of every source ends in documents/ or
-in rejects/read/ with its reason.
+    read      files -> documents/                       (one task per file, streaming)
+    filter    documents/ -> normalize -> length -> perplexity -> heuristics -> filtered/
+    dedup     filtered/ -> exact_dedup -> near_dedup -> clean/
+
+Each flow is one Ray Data pipeline whose rows, kept and rejected, are written once; every
+input record ends in the flow's output or in rejects/<stage>/ with its reason.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
+import ray.data
+
 from kun_ray import __version__
+from kun_ray.clean.exact_dedup import exact_dedup
+from kun_ray.clean.heuristics import heuristics_batch
+from kun_ray.clean.length import length_batch
+from kun_ray.clean.near_dedup import near_dedup
+from kun_ray.clean.normalize import normalize_batch, normalize_text
+from kun_ray.clean.perplexity import PerplexityScorer, perplexity_batch, quantile_cut
+from kun_ray.clean.stage import map_stage
 from kun_ray.config import RunConfig
 from kun_ray.io.read import InputFile, plan_inputs, read_documents
-from kun_ray.report import stage_report
+from kun_ray.report import flow_report
 from kun_ray.run import RunFolder
+
+Step = tuple[str, Callable[[ray.data.Dataset], ray.data.Dataset]]
+
+
+def perplexity_cut(config: RunConfig, documents: ray.data.Dataset, n_documents: int) -> tuple[float, dict[str, Any]]:
+    """The perplexity cut to apply, and how it was chosen (for report.json)."""
+    stage = config.perplexity
+    if stage.max_ppl is not None:
+        return stage.max_ppl, {"cut": {"max_ppl": stage.max_ppl, "by": "max_ppl"}}
+    fraction = min(1.0, 1.5 * stage.sample_size / max(1, n_documents))
+    sample = documents.random_sample(fraction, seed=stage.seed).limit(stage.sample_size).take_all()
+    texts = [row["text"] for row in sample]
+    if config.normalize.enabled:
+        texts = [normalize_text(t, config.normalize.collapse_whitespace, config.normalize.nfkc) for t in texts]
+    scorer = PerplexityScorer(stage.kenlm_model, stage.sentencepiece_model, stage.storage or config.storage)
+    cut = quantile_cut([scorer.perplexity(t) for t in texts if t], stage.keep_fraction)
+    return cut, {"cut": {"max_ppl": round(cut, 3), "by": "keep_fraction", "keep_fraction": stage.keep_fraction, "sample_size": len(texts)}}
+
+
+def filter_steps(config: RunConfig, documents: ray.data.Dataset, n_documents: int) -> tuple[list[Step], dict[str, dict[str, Any]]]:
+    steps: list[Step] = []
+    extras: dict[str, dict[str, Any]] = {}
+    if config.normalize.enabled:
+        steps.append(("normalize", lambda ds: map_stage(ds, normalize_batch, config.normalize, config=config.normalize)))
+    if config.length.enabled:
+        steps.append(("length", lambda ds: map_stage(ds, length_batch, config.length, config=config.length, storage=config.storage)))
+    if config.perplexity.enabled:
+        max_ppl, extras["perplexity"] = perplexity_cut(config, documents, n_documents)
+        steps.append(
+            ("perplexity", lambda ds: map_stage(ds, perplexity_batch, config.perplexity, config=config.perplexity, storage=config.storage, max_ppl=max_ppl))
+        )
+    if config.heuristics.enabled:
+        steps.append(("heuristics", lambda ds: map_stage(ds, heuristics_batch, config.heuristics, config=config.heuristics)))
+    return steps, extras
+
+
+def dedup_steps(config: RunConfig) -> list[Step]:
+    steps: list[Step] = []
+    if config.exact_dedup.enabled:
+        steps.append(("exact_dedup", lambda ds: exact_dedup(ds, config)))
+    if config.near_dedup.enabled:
+        steps.append(("near_dedup", lambda ds: near_dedup(ds, config)))
+    return steps
 
 
 def run(config: RunConfig, inputs: list[InputFile] | None = None) -> dict[str, Any]:
@@ -26,16 +83,33 @@ def run(config: RunConfig, inputs: list[InputFile] | None = None) -> dict[str, A
     clock = time.monotonic()
     inputs = plan_inputs(config) if inputs is None else inputs
     folder = RunFolder(config)
+    stages: list[dict[str, Any]] = []
+    timings: dict[str, float] = {}
 
-    stage_clock = time.monotonic()
-    tally = folder.write_stage("read", read_documents(config, inputs), kept_dir="documents")
-    stages = [stage_report("read", tally, time.monotonic() - stage_clock, files=len(inputs))]
+    def flow(name: str, stream: ray.data.Dataset, output: str, steps: list[Step], extras: dict[str, dict[str, Any]] | None = None) -> int:
+        """Run steps over a stream, write it, account for it; returns the rows kept."""
+        flow_clock = time.monotonic()
+        for _, step in steps:
+            stream = step(stream)
+        names = [n for n, _ in steps]
+        tally = folder.write_rows(stream, output, names)
+        stages.extend(flow_report(names, tally, extras))
+        timings[name] = round(time.monotonic() - flow_clock, 3)
+        return sum(n for (stage, _, _), n in tally.items() if stage is None)
+
+    kept = flow("read", read_documents(config, inputs), "documents", [("read", lambda ds: ds)], {"read": {"files": len(inputs)}})
+    if kept:
+        steps, extras = filter_steps(config, folder.stage_rows("documents"), kept)
+        kept = flow("filter", folder.stage_rows("documents"), "filtered", steps, extras)
+    if kept:
+        flow("dedup", folder.stage_rows("filtered"), "clean", dedup_steps(config))
 
     report = {
         "kun_ray_version": __version__,
         "output": folder.url,
         "started_at": started.isoformat(timespec="seconds"),
         "wall_s": round(time.monotonic() - clock, 3),
+        "timings_s": timings,
         "sources": {s.name: {"format": s.format, "files": sum(f.source == s.name for f in inputs)} for s in config.sources},
         "stages": stages,
     }

@@ -2,38 +2,35 @@
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from typing import Any
 
 from kun_ray.run import Tally
 
 
-def _counts(tally: Tally) -> dict[str, Any]:
-    kept = sum(n for (_, reason), n in tally.items() if reason is None)
-    by_reason: Counter[str] = Counter()
-    for (_, reason), n in tally.items():
-        if reason is not None:
-            by_reason[reason] += n
-    return {
-        "in": kept + sum(by_reason.values()),
-        "kept": kept,
-        "rejected": sum(by_reason.values()),
-        "rejected_by_reason": dict(by_reason.most_common()),
-    }
+def _counts(rows_in: int, rejected: Counter[str]) -> dict[str, Any]:
+    total = sum(rejected.values())
+    return {"in": rows_in, "kept": rows_in - total, "rejected": total, "rejected_by_reason": dict(rejected.most_common())}
 
 
-def stage_report(stage: str, tally: Tally, wall_s: float, **extra: Any) -> dict[str, Any]:
-    """One stage's accounting: in = kept + rejected, overall and for each source."""
-    per_source: dict[str, Tally] = defaultdict(Counter)
-    for (source, reason), n in tally.items():
-        per_source[source][(source, reason)] += n
-    return {
-        "stage": stage,
-        **_counts(tally),
-        "by_source": {source: _counts(t) for source, t in sorted(per_source.items())},
-        "wall_s": round(wall_s, 3),
-        **extra,
-    }
+def flow_report(stages: list[str], tally: Tally, extras: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Each stage of a flow: rows in (what the stages before it kept), kept, rejected by reason,
+    overall and for each source.  Rows in = kept + rejected at every stage by construction."""
+    sources = sorted({source for _, source, _ in tally})
+    remaining = {source: sum(n for (_, s, _), n in tally.items() if s == source) for source in sources}
+    reports = []
+    for stage in stages:
+        by_source = {}
+        for source in sources:
+            rejected = Counter({reason: n for (st, s, reason), n in tally.items() if st == stage and s == source})
+            by_source[source] = _counts(remaining[source], rejected)
+            remaining[source] -= sum(rejected.values())
+        overall: Counter[str] = Counter()
+        for counts in by_source.values():
+            overall.update(counts["rejected_by_reason"])
+        rows_in = sum(c["in"] for c in by_source.values())
+        reports.append({"stage": stage, **_counts(rows_in, overall), "by_source": by_source, **(extras or {}).get(stage, {})})
+    return reports
 
 
 def _reasons(counts: dict[str, Any], limit: int = 3) -> str:
@@ -42,13 +39,16 @@ def _reasons(counts: dict[str, Any], limit: int = 3) -> str:
     return text + (f", +{len(items) - limit} more" if len(items) > limit else "")
 
 
-def format_table(report: dict[str, Any]) -> str:
-    """The funnel as a plain-text table: each stage, then each source under it."""
+def format_table(report: dict[str, Any], per_source: bool = True) -> str:
+    """The funnel as a plain-text table: each stage, then the sources it rejected rows of."""
     rows = [("stage", "source", "in", "kept", "rejected", "top reasons")]
     for stage in report["stages"]:
         rows.append((stage["stage"], "(all)", str(stage["in"]), str(stage["kept"]), str(stage["rejected"]), _reasons(stage)))
-        for source, counts in stage["by_source"].items():
-            rows.append(("", source, str(counts["in"]), str(counts["kept"]), str(counts["rejected"]), _reasons(counts)))
+        if per_source and len(stage["by_source"]) > 1:
+            for source, counts in stage["by_source"].items():
+                if not counts["rejected"]:
+                    continue
+                rows.append(("", source, str(counts["in"]), str(counts["kept"]), str(counts["rejected"]), _reasons(counts)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = []
     for r in rows:

@@ -2,12 +2,15 @@
 
     <output>/
       documents/          the read stage's documents (Parquet)
+      filtered/           documents the CPU filters kept (normalize, length, perplexity, heuristics)
+      clean/              filtered documents left after exact and near dedup
       rejects/<stage>/    every row a stage rejected, with stage, reason and detail (Parquet)
       report.json         per-stage counts: in, kept, rejected by reason, per source
 
-A stage's row stream (documents and rejects together, see kun_ray/io/records.py) is written
-once to `_staging/<stage>/`, then split by a cheap Parquet read into the stage's output and
-its rejects, so the expensive stage runs once and its accounting is read from what was written.
+A flow of stages emits one row stream (documents and rejects together, see
+kun_ray/io/records.py).  It is written once to `_staging/`, then split by cheap Parquet reads
+into the flow's output folder and `rejects/<stage>/`, so the expensive stages run once and
+the accounting is read from what was written.
 """
 
 from __future__ import annotations
@@ -22,29 +25,37 @@ import ray.data
 from ray.data.expressions import col
 
 from kun_ray.config import RunConfig
-from kun_ray.io.records import REJECT_COLUMNS, REJECT_SCHEMA
+from kun_ray.io.records import REJECT_COLUMNS, REJECT_FIELDS, REJECT_SCHEMA
 from kun_ray.io.storage import is_local, pyarrow_filesystem, url_to_fs
 
-#: (source, reject reason or None for kept rows) -> rows
-Tally = Counter[tuple[str, str | None]]
+#: (stage that rejected the row or None, source, reject reason or None) -> rows
+Tally = Counter[tuple[str | None, str, str | None]]
+TALLY_COLUMNS = ["reject_stage", "source", "reject_reason"]
 
 
 def _tally_block(batch: pa.Table) -> pa.Table:
-    return batch.group_by(["source", "reject_reason"]).aggregate([([], "count_all")])
+    return batch.group_by(TALLY_COLUMNS, use_threads=False).aggregate([([], "count_all")])
 
 
-def _as_rejects(batch: pa.Table, stage: str) -> pa.Table:
+def _as_rejects(batch: pa.Table) -> pa.Table:
     return pa.table(
         {
             "doc_id": batch["doc_id"],
             "source": batch["source"],
-            "stage": pa.array([stage] * batch.num_rows, pa.string()),
+            "stage": batch["reject_stage"],
             "reason": batch["reject_reason"],
             "detail": batch["reject_detail"],
             "text": batch["text"].cast(pa.large_string()),
         },
         schema=REJECT_SCHEMA,
     )
+
+
+def with_reject_columns(batch: pa.Table) -> pa.Table:
+    """Documents read back from a stage's output, as live rows of a new flow."""
+    for field in REJECT_FIELDS:
+        batch = batch.append_column(field, pa.nulls(batch.num_rows, field.type))
+    return batch
 
 
 class RunFolder:
@@ -73,32 +84,36 @@ class RunFolder:
         self._remove(path)
         dataset.write_parquet(path, filesystem=self.arrow_fs)
 
+    def stage_rows(self, name: str) -> ray.data.Dataset:
+        """A stage's kept documents as live rows of a new flow."""
+        return self._read(self.path(name)).map_batches(with_reject_columns, batch_format="pyarrow")
+
     def _tally(self, path: str) -> Tally:
         tally: Tally = Counter()
         if self._has_files(path):
-            counts = self._read(path, columns=["source", "reject_reason"]).map_batches(_tally_block, batch_format="pyarrow")
+            counts = self._read(path, columns=TALLY_COLUMNS).map_batches(_tally_block, batch_format="pyarrow")
             for row in counts.take_all():
-                tally[(row["source"], row["reject_reason"])] += row["count_all"]
+                tally[(row["reject_stage"], row["source"], row["reject_reason"])] += row["count_all"]
         return tally
 
-    def write_stage(self, stage: str, stream: ray.data.Dataset, kept_dir: str) -> Tally:
-        """Run a stage's row stream to storage; its kept rows go to `kept_dir`, its rejects to rejects/<stage>/.
+    def write_rows(self, stream: ray.data.Dataset, kept_dir: str, stages: list[str]) -> Tally:
+        """Run a flow's row stream to storage: kept rows to `kept_dir`, rejects to rejects/<stage>/.
 
-        A folder that would be empty is not written.
+        `stages` are the flow's stages; their old rejects are replaced.  An empty folder is not written.
         """
-        staging = self.path("_staging", stage)
+        staging = self.path("_staging")
         self._write(stream, staging)
         tally = self._tally(staging)
-        kept_path, rejects_path = self.path(kept_dir), self.path("rejects", stage)
-        self._remove(kept_path)
-        self._remove(rejects_path)
-        if any(reason is None for _, reason in tally):
+        self._remove(self.path(kept_dir))
+        if any(stage is None for stage, _, _ in tally):
             kept = self._read(staging).filter(expr=col("reject_reason").is_null())
-            self._write(kept.drop_columns(list(REJECT_COLUMNS)), kept_path)
-        if any(reason is not None for _, reason in tally):
-            rejected = self._read(staging).filter(expr=col("reject_reason").is_not_null())
-            self._write(rejected.map_batches(_as_rejects, batch_format="pyarrow", fn_kwargs={"stage": stage}), rejects_path)
-        self._remove(self.path("_staging"))
+            self._write(kept.drop_columns(REJECT_COLUMNS), self.path(kept_dir))
+        for stage in stages:
+            self._remove(self.path("rejects", stage))
+            if any(s == stage for s, _, _ in tally):
+                rejected = self._read(staging).filter(expr=col("reject_stage") == stage)
+                self._write(rejected.map_batches(_as_rejects, batch_format="pyarrow"), self.path("rejects", stage))
+        self._remove(staging)
         return tally
 
     def write_json(self, name: str, payload: dict[str, Any]) -> None:

@@ -103,6 +103,7 @@ class _Rows:
             "text": text,
             "title": title,
             "meta": meta,
+            "reject_stage": None if reason is None else "read",
             "reject_reason": reason,
             "reject_detail": detail,
         }

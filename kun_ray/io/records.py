@@ -1,7 +1,8 @@
 """The document and reject schemas, and the row stream a stage emits.
 
 A stage emits one stream of rows: documents it keeps, and rejected rows marked with
-`reject_reason` and `reject_detail`.  The run folder splits that stream into the stage's
+`reject_stage`, `reject_reason` and `reject_detail`.  Stages chained in one flow pass rows
+an earlier stage rejected through untouched.  The run folder splits that stream into the stage's
 Parquet output and its rejects (see kun_ray/run.py), so a stage never drops a row silently.
 """
 
@@ -22,10 +23,13 @@ DOCUMENT_SCHEMA = pa.schema(
         ("meta", pa.large_string()),
     ]
 )
-REJECT_COLUMNS = ("reject_reason", "reject_detail")
-STREAM_SCHEMA = DOCUMENT_SCHEMA.append(pa.field("reject_reason", pa.string())).append(
-    pa.field("reject_detail", pa.large_string())
-)
+REJECT_FIELDS = [
+    pa.field("reject_stage", pa.string()),
+    pa.field("reject_reason", pa.string()),
+    pa.field("reject_detail", pa.large_string()),
+]
+REJECT_COLUMNS = [f.name for f in REJECT_FIELDS]
+STREAM_SCHEMA = pa.schema([*DOCUMENT_SCHEMA, *REJECT_FIELDS])
 REJECT_SCHEMA = pa.schema(
     [
         ("doc_id", pa.string()),

@@ -1,0 +1,1 @@
+"""CPU cleaning stages: normalize, length, perplexity, heuristics, exact and near dedup."""

@@ -1,0 +1,56 @@
+"""What exact and near dedup share: a stable order, and marking rows that duplicate a kept one.
+
+The document kept out of each group of duplicates is the first in a stable order: sources in
+the order of the config, then `doc_id`.  An order key string sorts that way, so Ray Data's
+`Min` aggregation picks the keeper without any Python per group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from kun_ray.clean.stage import Verdicts, on_live_rows
+from kun_ray.config import RunConfig
+
+SEPARATOR = "\x1f"
+
+
+def source_ranks(config: RunConfig) -> dict[str, int]:
+    return {source.name: rank for rank, source in enumerate(config.sources)}
+
+
+def order_key(rank: int, doc_id: str) -> str:
+    return f"{rank:05d}{SEPARATOR}{doc_id}"
+
+
+def describe(key: str, names: list[str]) -> str:
+    rank, doc_id = key.split(SEPARATOR, 1)
+    return f"duplicate of {doc_id} (source {names[int(rank)]})"
+
+
+def live_keys(batch: pa.Table, ranks: dict[str, int]) -> tuple[pa.Table, list[str]]:
+    """The live rows of a batch and their order keys."""
+    live = batch.filter(pc.is_null(batch["reject_reason"]))
+    keys = [order_key(ranks[s], d) for s, d in zip(live["source"].to_pylist(), live["doc_id"].to_pylist())]
+    return live, keys
+
+
+def mark_duplicates(batch: pa.Table, stage: str, reason: str, ranks: dict[str, int], keeper_of: Callable[[str, str], str | None]) -> pa.Table:
+    """Reject each live row whose keeper (found by `keeper_of(order key, text)`) is another row."""
+    names = sorted(ranks, key=ranks.get)
+
+    def keep_or_reject(rows: pa.Table) -> Verdicts:
+        reasons: list[str | None] = []
+        details: list[str | None] = []
+        for source, doc_id, text in zip(rows["source"].to_pylist(), rows["doc_id"].to_pylist(), rows["text"].to_pylist()):
+            key = order_key(ranks[source], doc_id)
+            keeper = keeper_of(key, text)
+            duplicate = keeper is not None and keeper != key
+            reasons.append(reason if duplicate else None)
+            details.append(describe(keeper, names) if duplicate else None)
+        return Verdicts(rows, reasons, details)
+
+    return on_live_rows(batch, stage, keep_or_reject)

@@ -1,0 +1,73 @@
+"""What the CPU map stages share: they act on live rows only, and declare their resources.
+
+A map stage's core is a `Filter`: given the live rows of a batch, it returns them with its
+columns added (or its text rewritten) and, per row, a reject reason or None, with a detail.
+Rows an earlier stage rejected pass through untouched, with the new columns null, so one
+Ray Data flow carries every row to the writer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray.data
+
+from kun_ray.config import StageConfig
+
+
+@dataclass
+class Verdicts:
+    """A filter's answer for a batch of live rows."""
+
+    rows: pa.Table
+    reasons: list[str | None]
+    details: list[str | None]
+
+
+Filter = Callable[[pa.Table], Verdicts]
+T = TypeVar("T")
+
+
+def on_live_rows(batch: pa.Table, stage: str, keep_or_reject: Filter) -> pa.Table:
+    """Apply a filter to the rows not yet rejected and mark the ones it rejects with `stage`."""
+    live_mask = pc.is_null(batch["reject_reason"])
+    verdicts = keep_or_reject(batch.filter(live_mask))  # called on empty batches too: stable schema
+    rows = verdicts.rows
+    rejected = [reason is not None for reason in verdicts.reasons]
+    rows = rows.set_column(rows.schema.get_field_index("reject_stage"), "reject_stage", pa.array([stage if r else None for r in rejected], pa.string()))
+    rows = rows.set_column(rows.schema.get_field_index("reject_reason"), "reject_reason", pa.array(verdicts.reasons, pa.string()))
+    rows = rows.set_column(rows.schema.get_field_index("reject_detail"), "reject_detail", pa.array(verdicts.details, pa.large_string()))
+    dead = batch.filter(pc.invert(live_mask))
+    return pa.concat_tables([rows, dead], promote_options="default")
+
+
+def replace_column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
+    index = table.schema.get_field_index(name)
+    return table.set_column(index, name, values) if index >= 0 else table.append_column(name, values)
+
+
+_LOADED: dict[str, Any] = {}
+
+
+def loaded_once(key: str, build: Callable[[], T]) -> T:
+    """An object built once per worker process (a tokenizer, a KenLM model) and reused by every batch.
+
+    CPU stages run as Ray tasks, not actors: tasks give their CPU back between batches, so a
+    chain of stages never starves the reads feeding it, and Ray fuses consecutive stages into
+    one operator.  Ray reuses worker processes, so a model is still loaded once per worker.
+    """
+    if key not in _LOADED:
+        _LOADED[key] = build()
+    return _LOADED[key]
+
+
+def map_stage(ds: ray.data.Dataset, fn: Callable[..., pa.Table], resources: StageConfig, **kwargs: Any) -> ray.data.Dataset:
+    """`ds.map_batches(fn)` as Ray tasks, with the resources a stage's config declares."""
+    options: dict[str, Any] = {"batch_size": resources.batch_size, "batch_format": "pyarrow", "num_cpus": resources.num_cpus, "fn_kwargs": kwargs}
+    if resources.concurrency is not None:
+        options["concurrency"] = resources.concurrency
+    return ds.map_batches(fn, **options)
