@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -203,14 +203,33 @@ def _location(loc: tuple[Any, ...]) -> str:
     return text or "(top level)"
 
 
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
+
+
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys a config accepts at `loc`, for "did you mean" hints."""
+    model: type[BaseModel] = RunConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        models = _models_in(field.annotation) if field else []
+        if not models:
+            return []
+        model = models[0]
+    return list(model.model_fields)
+
+
 def _one_line(error: ValidationError) -> str:
     # An unknown key is the most telling error: a typo also makes its intended key "missing".
     errors = sorted(error.errors(), key=lambda e: e["type"] != "extra_forbidden")
     first = errors[0]
     kind, msg = first["type"], first["msg"]
     if kind == "extra_forbidden":
-        missing = [e["loc"][-1] for e in errors if e["type"] == "missing" and e["loc"][:-1] == first["loc"][:-1]]
-        close = difflib.get_close_matches(str(first["loc"][-1]), [str(m) for m in missing], n=1)
+        close = difflib.get_close_matches(str(first["loc"][-1]), _known_keys(first["loc"][:-1]), n=1)
         msg = "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
     elif kind == "missing":
         msg = "missing required key"

@@ -47,12 +47,24 @@ def local_run(ray_cluster, corpus, tmp_path_factory):
 
 def test_every_record_lands_in_documents_or_rejects(corpus, local_run):
     out, _ = local_run
-    documents, rejects = read_local(out / "documents"), read_local(out / "rejects")
+    documents, rejects = read_local(out / "documents"), read_local(out / "rejects" / "read")
     assert len(documents) + len(rejects) == len(corpus.expected)
     assert outcomes(documents, rejects) == corpus.expected
     assert {r["stage"] for r in rejects} == {"read"}
     assert all(r["detail"] for r in rejects)
-    assert sorted(os.listdir(out)) == ["documents", "rejects", "report.json"]
+    assert sorted(os.listdir(out)) == ["clean", "documents", "filtered", "rejects", "report.json"]
+
+
+def test_every_record_ends_clean_or_rejected_by_one_stage(corpus, local_run):
+    out, report = local_run
+    clean, rejects = read_local(out / "clean"), read_local(out / "rejects")
+    final = outcomes(clean, rejects)
+    assert final.keys() == corpus.expected.keys()
+    stages = [s["stage"] for s in report["stages"]]
+    assert stages == ["read", "normalize", "length", "heuristics", "exact_dedup", "near_dedup"]
+    for before, after in zip(report["stages"], report["stages"][1:]):
+        assert after["in"] == before["kept"]
+    assert report["stages"][-1]["kept"] == len(clean)
 
 
 def test_document_schema(local_run):
@@ -64,7 +76,7 @@ def test_document_schema(local_run):
 def test_report_accounts_for_every_record(corpus, local_run):
     out, report = local_run
     assert json.loads((out / "report.json").read_text()) == report
-    (read,) = report["stages"]
+    read = report["stages"][0]
     expected_reasons = Counter(r for r in corpus.expected.values() if r)
     assert read["in"] == len(corpus.expected)
     assert read["kept"] == sum(r is None for r in corpus.expected.values())
@@ -104,7 +116,7 @@ def test_run_from_s3_to_s3(ray_cluster, s3, corpus, s3_corpus, local_run):
     fs.invalidate_cache()
     arrow_fs = pafs.PyFileSystem(pafs.FSSpecHandler(fs))
     documents = pads.dataset("runs/from-s3/documents", format="parquet", filesystem=arrow_fs).to_table().to_pylist()
-    rejects = pads.dataset("runs/from-s3/rejects", format="parquet", filesystem=arrow_fs).to_table().to_pylist()
+    rejects = pads.dataset("runs/from-s3/rejects/read", format="parquet", filesystem=arrow_fs).to_table().to_pylist()
     assert outcomes(documents, rejects) == corpus.expected
     assert json.loads(fs.cat("runs/from-s3/report.json")) == report
     assert report["stages"][0]["rejected_by_reason"] == local_run[1]["stages"][0]["rejected_by_reason"]
@@ -127,6 +139,8 @@ def test_cli_run_joins_the_cluster_in_ray_address_and_prints_the_table(ray_clust
     config = os.path.join(os.path.dirname(__file__), "..", "jobs", "demo.yaml")
     demo = yaml.safe_load(open(config))
     demo["output"] = str(tmp_path / "demo")
+    demo["perplexity"] = {"enabled": False}  # the demo's models are built by `make demo`; the clean tests build their own
+    demo["length"].pop("tokenizer")
     demo["sources"] = [{**s, "paths": [os.path.abspath(os.path.join(os.path.dirname(config), p)) for p in s["paths"]]} for s in demo["sources"]]
     (tmp_path / "demo.yaml").write_text(yaml.safe_dump(demo, allow_unicode=True))
     env = {**os.environ, "RAY_ADDRESS": ray_cluster}

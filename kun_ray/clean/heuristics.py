@@ -24,7 +24,8 @@ NAME = "heuristics"
 class Heuristics:
     def __init__(self, config: HeuristicsConfig):
         self.config = config
-        self.repeated_unit = re.compile(r"(.{1,%d}?)\1{%d,}" % (config.max_unit_chars, config.max_unit_repeats), re.DOTALL)
+        # A unit starts with a non-space character: runs of whitespace have their own rule.
+        self.repeated_unit = re.compile(r"(\S.{0,%d}?)\1{%d,}" % (config.max_unit_chars - 1, config.max_unit_repeats), re.DOTALL)
         self.whitespace_run = re.compile(r"\s{%d,}" % (config.max_whitespace_run + 1))
 
     def verdict(self, text: str) -> tuple[str | None, str | None]:

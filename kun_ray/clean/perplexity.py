@@ -88,10 +88,10 @@ def perplexity_batch(batch: pa.Table, config: PerplexityConfig, storage: Storage
 
 
 def quantile_cut(perplexities: list[float], keep_fraction: float) -> float:
-    """The perplexity at or under which `keep_fraction` of the sample lies."""
+    """The smallest perplexity at or under which `keep_fraction` of the scorable sample lies."""
     import numpy as np
 
     finite = [p for p in perplexities if p != float("inf")]
     if not finite:
         raise ValueError("no document of the sample could be scored")
-    return float(np.quantile(finite, keep_fraction, method="higher"))
+    return float(np.quantile(finite, keep_fraction, method="inverted_cdf"))
