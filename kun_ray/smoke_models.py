@@ -76,15 +76,15 @@ def write_bigram_arpa(lines: list[str], sentencepiece_model: Path, arpa_path: Pa
     bigrams: Counter[tuple[str, str]] = Counter()
     contexts: Counter[str] = Counter()
     for line in lines:
-        pieces = ["<s>", *sp.encode(line, out_type=str), "</s>"]
+        pieces = ["<s>", *(("<unk>" if sp.is_unknown(i) else sp.id_to_piece(i)) for i in sp.encode(line)), "</s>"]
         unigrams.update(pieces[1:])
         contexts.update(pieces[:-1])
         bigrams.update(zip(pieces[:-1], pieces[1:]))
     vocab = {sp.id_to_piece(i) for i in range(sp.get_piece_size()) if not (sp.is_control(i) or sp.is_unknown(i))}
-    words = sorted(vocab | {"</s>"})
-    total = sum(unigrams[w] + 1 for w in words) + 1  # + 1 for <unk>
+    words = sorted(vocab | {"</s>", "<unk>"})
+    total = sum(unigrams[w] + 1 for w in words)
     backoff = math.log10(1 - BIGRAM_SHARE)
-    one = [f"{math.log10(1 / total):.6f}\t<unk>\t0", f"-99\t<s>\t{backoff:.6f}"]
+    one = [f"-99\t<s>\t{backoff:.6f}"]
     one += [f"{math.log10((unigrams[w] + 1) / total):.6f}\t{w}\t{backoff if w in contexts else 0:.6f}" for w in words]
     two = [f"{math.log10(BIGRAM_SHARE * n / contexts[a]):.6f}\t{a} {b}" for (a, b), n in sorted(bigrams.items())]
     arpa_path.write_text(
