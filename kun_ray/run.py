@@ -20,7 +20,6 @@ from collections import Counter
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import ray.data
 from ray.data.expressions import col
 

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from kun_ray.config import ConfigError, load_config, parse_config
+from kun_ray.config import ConfigError, load_config
 
 
 def write(tmp_path, text: str):
