@@ -43,7 +43,7 @@ def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
 
 
 def shingles(text: str, n: int) -> list[str]:
-    return sorted({text[i : i + n] for i in range(max(1, len(text) - n + 1))})
+    return list({text[i : i + n] for i in range(max(1, len(text) - n + 1))})  # MinHash ignores order
 
 
 def band_keys(text: str, config: NearDedupConfig) -> list[str]:
