@@ -39,7 +39,7 @@ def _mark(batch: pa.Table, ranks: dict[str, int], keepers: dict[str, str]) -> pa
 def exact_dedup(stream: ray.data.Dataset, config: RunConfig) -> ray.data.Dataset:
     ranks = source_ranks(config)
     stage = config.exact_dedup
-    keys = stream.map_batches(_hash_keys, fn_kwargs={"ranks": ranks}, batch_format="pyarrow", batch_size=stage.batch_size, num_cpus=stage.num_cpus)
+    keys = map_stage(stream, _hash_keys, stage, ranks=ranks)
     groups = keys.groupby("text_hash").aggregate(Count(alias_name="n"), Min("order_key", alias_name="keeper"))
     keepers = {row["text_hash"]: row["keeper"] for row in groups.filter(expr=col("n") > 1).iter_rows()}
     return map_stage(stream, _mark, stage, ranks=ranks, keepers=keepers)

@@ -58,6 +58,5 @@ class LengthFilter:
         return Verdicts(rows, [v[0] for v in verdicts], [v[1] for v in verdicts])
 
 
-
 def length_batch(batch: pa.Table, config: LengthConfig, storage: StorageOptions) -> pa.Table:
     return on_live_rows(batch, NAME, LengthFilter.loaded(config, storage).keep_or_reject)

@@ -101,9 +101,7 @@ def _mark(batch: pa.Table, ranks: dict[str, int], keepers: dict[str, str]) -> pa
 def near_dedup(stream: ray.data.Dataset, config: RunConfig) -> ray.data.Dataset:
     ranks = source_ranks(config)
     stage = config.near_dedup
-    bands = stream.map_batches(
-        _band_rows, fn_kwargs={"ranks": ranks, "config": stage}, batch_format="pyarrow", batch_size=stage.batch_size, num_cpus=stage.num_cpus
-    ).materialize()
+    bands = map_stage(stream, _band_rows, stage, ranks=ranks, config=stage).materialize()
     grouped = bands.groupby("band_key").aggregate(Count(alias_name="n"), Min("order_key", alias_name="keeper"))
     buckets = {row["band_key"]: row["keeper"] for row in grouped.filter(expr=col("n") > 1).iter_rows()}
     edges = bands.map_batches(_edges, fn_kwargs={"buckets": buckets}, batch_format="pyarrow").take_all() if buckets else []

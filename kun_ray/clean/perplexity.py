@@ -68,7 +68,6 @@ class PerplexityScorer:
             length += len(pieces) + 1
         return 10.0 ** (-log_score / length) if length else float("inf")
 
-
     @classmethod
     def loaded(cls, config: PerplexityConfig, storage: StorageOptions) -> PerplexityScorer:
         key = f"perplexity:{config.kenlm_model}:{config.sentencepiece_model}"

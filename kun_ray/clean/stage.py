@@ -36,11 +36,10 @@ def on_live_rows(batch: pa.Table, stage: str, keep_or_reject: Filter) -> pa.Tabl
     """Apply a filter to the rows not yet rejected and mark the ones it rejects with `stage`."""
     live_mask = pc.is_null(batch["reject_reason"])
     verdicts = keep_or_reject(batch.filter(live_mask))  # called on empty batches too: stable schema
-    rows = verdicts.rows
-    rejected = [reason is not None for reason in verdicts.reasons]
-    rows = rows.set_column(rows.schema.get_field_index("reject_stage"), "reject_stage", pa.array([stage if r else None for r in rejected], pa.string()))
-    rows = rows.set_column(rows.schema.get_field_index("reject_reason"), "reject_reason", pa.array(verdicts.reasons, pa.string()))
-    rows = rows.set_column(rows.schema.get_field_index("reject_detail"), "reject_detail", pa.array(verdicts.details, pa.large_string()))
+    stages = [None if reason is None else stage for reason in verdicts.reasons]
+    rows = replace_column(verdicts.rows, "reject_stage", pa.array(stages, pa.string()))
+    rows = replace_column(rows, "reject_reason", pa.array(verdicts.reasons, pa.string()))
+    rows = replace_column(rows, "reject_detail", pa.array(verdicts.details, pa.large_string()))
     dead = batch.filter(pc.invert(live_mask))
     return pa.concat_tables([rows, dead], promote_options="default")
 
