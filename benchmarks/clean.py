@@ -96,7 +96,9 @@ def run_kun_ray(corpus: Path, models: dict, max_ppl: float, cpus: int, out: Path
 def run_peer(corpus: str, cpus: int, max_ppl: float, result: str) -> None:
     """Runs inside Data-Juicer's environment (--as-peer)."""
     from data_juicer.core.data import NestedDataset
-    from data_juicer.ops.deduplicator.document_minhash_deduplicator import DocumentMinhashDeduplicator
+    from data_juicer.ops.deduplicator.document_minhash_deduplicator import (
+        DocumentMinhashDeduplicator,
+    )
     from data_juicer.ops.filter.perplexity_filter import PerplexityFilter
     from data_juicer.ops.filter.text_length_filter import TextLengthFilter
     from datasets import load_dataset

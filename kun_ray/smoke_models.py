@@ -3,7 +3,10 @@
 No model can be downloaded where the demo and the tests run, so they build their own:
 
 - a byte-level BPE tokenizer (Hugging Face `tokenizers`, saved as a transformers fast tokenizer);
-- a SentencePiece model and a bigram KenLM model in ARPA format over its pieces.
+- a SentencePiece model and a bigram KenLM model in ARPA format over its pieces;
+- a chat model: a randomly initialised two-layer Llama with that tokenizer and a chat
+  template, which vLLM serves like any real model.  It writes gibberish: it shows the
+  plumbing of the label, score and polish stages, not their quality.
 
 They are real models of their formats, loaded by the same code as real ones; they are not
 good models.  Real runs use the label model's tokenizer and a Chinese KenLM model (README).
@@ -23,7 +26,12 @@ from pathlib import Path
 
 from kun_ray.clean.perplexity import ccnet_normalize
 
-SPECIAL_TOKENS = ["<s>", "</s>", "<unk>", "<pad>"]
+SPECIAL_TOKENS = ["<s>", "</s>", "<unk>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>"]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}"
+    "{% if not loop.last or message['role'] != 'assistant' %}</s>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
 
 
 def build_tokenizer(texts: Iterable[str], out_dir: Path, vocab_size: int = 2000) -> Path:
@@ -36,8 +44,34 @@ def build_tokenizer(texts: Iterable[str], out_dir: Path, vocab_size: int = 2000)
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator(list(texts), trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
+    fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(str(out_dir))
     return out_dir
+
+
+def build_chat_model(tokenizer_dir: Path, seed: int = 0) -> Path:
+    """A random two-layer Llama saved beside its tokenizer (head size 64: vLLM's CPU attention needs it)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        torch_dtype="float32",
+    )
+    LlamaForCausalLM(config).save_pretrained(str(tokenizer_dir))
+    return tokenizer_dir
 
 
 def build_sentencepiece(lines: list[str], model_path: Path, extra_pieces: int = 64) -> Path:
@@ -94,16 +128,25 @@ def write_bigram_arpa(lines: list[str], sentencepiece_model: Path, arpa_path: Pa
     return arpa_path
 
 
-def build_all(texts: list[str], out_dir: Path) -> dict[str, Path]:
-    """Every smoke-test model, trained on `texts`, under `out_dir`."""
+def build_all(texts: list[str], out_dir: Path, chat_model: bool = True) -> dict[str, Path]:
+    """Every smoke-test model, trained on `texts` (and the shipped prompts), under `out_dir`.
+
+    `chat-model/` holds the tokenizer and, with `chat_model`, the model's weights too.
+    """
+    from kun_ray.llm.prompts import all_prompt_texts
+
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = [n for t in texts for line in t.split("\n") if (n := ccnet_normalize(line))]
     sp_model = build_sentencepiece(lines, out_dir / "zh.sp.model")
-    return {
-        "tokenizer": build_tokenizer(texts, out_dir / "tokenizer"),
+    tokenizer = build_tokenizer([*texts, *all_prompt_texts()], out_dir / "chat-model")
+    models = {
+        "tokenizer": tokenizer,
         "sentencepiece_model": sp_model,
         "kenlm_model": write_bigram_arpa(lines, sp_model, out_dir / "zh.arpa"),
     }
+    if chat_model:
+        models["chat_model"] = build_chat_model(tokenizer)
+    return models
 
 
 def corpus_texts(config_path: str) -> list[str]:

@@ -9,15 +9,22 @@ import math
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
-
 from corpus import ZH, jsonl
+
 from kun_ray.clean.heuristics import Heuristics, repeated_line_fraction
 from kun_ray.clean.length import LengthFilter, length_verdict
 from kun_ray.clean.near_dedup import band_keys, group_keepers, lsh_bands, shingles
 from kun_ray.clean.normalize import normalize_text
 from kun_ray.clean.perplexity import PerplexityScorer, ccnet_normalize, quantile_cut
 from kun_ray.clean.stage import Verdicts, on_live_rows
-from kun_ray.config import ConfigError, HeuristicsConfig, LengthConfig, NearDedupConfig, StorageOptions, parse_config
+from kun_ray.config import (
+    ConfigError,
+    HeuristicsConfig,
+    LengthConfig,
+    NearDedupConfig,
+    StorageOptions,
+    parse_config,
+)
 from kun_ray.io.records import STREAM_SCHEMA
 from kun_ray.pipeline import run
 from kun_ray.smoke_models import build_all, build_sentencepiece

@@ -12,8 +12,8 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pytest
 import yaml
-
 from corpus import build_corpus
+
 from kun_ray.config import parse_config
 from kun_ray.pipeline import run
 

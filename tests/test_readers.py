@@ -6,13 +6,13 @@ import io
 import json
 
 import pytest
-
 from corpus import ZH, build_corpus
+
 from kun_ray.config import SourceConfig, StorageOptions, parse_config
 from kun_ray.io.read import InputFile, plan_inputs, read_file
 from kun_ray.io.records import DOCUMENT_SCHEMA
-from kun_ray.io.wudao import WudaoReader
 from kun_ray.io.skypile import SkypileReader
+from kun_ray.io.wudao import WudaoReader
 
 
 def read_all(config):

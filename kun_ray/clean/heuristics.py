@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from kun_ray.clean.stage import Verdicts, on_live_rows
 from kun_ray.config import HeuristicsConfig
+from kun_ray.text import repeated_unit
 
 NAME = "heuristics"
 
@@ -24,15 +25,12 @@ NAME = "heuristics"
 class Heuristics:
     def __init__(self, config: HeuristicsConfig):
         self.config = config
-        # A unit starts with a non-space character: runs of whitespace have their own rule.
-        self.repeated_unit = re.compile(r"(\S.{0,%d}?)\1{%d,}" % (config.max_unit_chars - 1, config.max_unit_repeats), re.DOTALL)
         self.whitespace_run = re.compile(r"\s{%d,}" % (config.max_whitespace_run + 1))
 
     def verdict(self, text: str) -> tuple[str | None, str | None]:
         c = self.config
-        if match := self.repeated_unit.search(text):
-            unit = match.group(1)
-            times = len(match.group(0)) // len(unit)
+        if found := repeated_unit(text, c.max_unit_chars, c.max_unit_repeats):
+            unit, times = found
             return "repeated_unit", f"{unit!r} repeated {times} times in a row (max {c.max_unit_repeats})"
         share = repeated_line_fraction(text)
         if share > c.max_repeated_line_fraction:

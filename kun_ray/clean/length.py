@@ -9,18 +9,11 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from kun_ray.clean.stage import Verdicts, loaded_once, on_live_rows, replace_column
+from kun_ray.clean.stage import Verdicts, on_live_rows, replace_column
 from kun_ray.config import LengthConfig, StorageOptions
-from kun_ray.io.fetch import local_copy
+from kun_ray.io.fetch import load_tokenizer, loaded_once
 
 NAME = "length"
-
-
-def load_tokenizer(name: str, storage: StorageOptions):  # noqa: ANN201 (a transformers tokenizer)
-    from transformers import AutoTokenizer
-
-    source = local_copy(name, storage) if "://" in name else name
-    return AutoTokenizer.from_pretrained(source, use_fast=True)
 
 
 def length_verdict(n_chars: int, n_tokens: int | None, config: LengthConfig) -> tuple[str | None, str | None]:

@@ -20,11 +20,9 @@ import ray.data
 from ray.data.aggregate import Count, Min
 from ray.data.expressions import col
 
-from kun_ray.clean.dedup import live_keys, mark_duplicates, source_ranks
+from kun_ray.clean.dedup import live_keys, mark_duplicates
 from kun_ray.clean.stage import map_stage
-from kun_ray.config import NearDedupConfig, RunConfig
-
-NAME = "near_dedup"
+from kun_ray.config import NearDedupConfig
 
 
 @lru_cache(maxsize=None)
@@ -56,10 +54,10 @@ def band_keys(text: str, config: NearDedupConfig) -> list[str]:
     return [f"{b:03d}:" + hashlib.blake2b(digest[b * rows : (b + 1) * rows].tobytes(), digest_size=12).hexdigest() for b in range(bands)]
 
 
-def _band_rows(batch: pa.Table, ranks: dict[str, int], config: NearDedupConfig) -> pa.Table:
+def _band_rows(batch: pa.Table, ranks: dict[str, int], config: NearDedupConfig, column: str) -> pa.Table:
     live, keys = live_keys(batch, ranks)
     band_col, key_col = [], []
-    for text, key in zip(live["text"].to_pylist(), keys):
+    for text, key in zip(live[column].to_pylist(), keys):
         for band in band_keys(text, config):
             band_col.append(band)
             key_col.append(key)
@@ -94,16 +92,15 @@ def group_keepers(edges: list[tuple[str, str]]) -> dict[str, str]:
     return {node: find(node) for node in parent}
 
 
-def _mark(batch: pa.Table, ranks: dict[str, int], keepers: dict[str, str]) -> pa.Table:
-    return mark_duplicates(batch, NAME, "near_duplicate", ranks, lambda key, text: keepers.get(key))
+def _mark(batch: pa.Table, name: str, ranks: dict[str, int], keepers: dict[str, str], column: str) -> pa.Table:
+    return mark_duplicates(batch, name, "near_duplicate", ranks, lambda key, text: keepers.get(key), column)
 
 
-def near_dedup(stream: ray.data.Dataset, config: RunConfig) -> ray.data.Dataset:
-    ranks = source_ranks(config)
-    stage = config.near_dedup
-    bands = map_stage(stream, _band_rows, stage, ranks=ranks, config=stage).materialize()
+def near_dedup(stream: ray.data.Dataset, ranks: dict[str, int], stage: NearDedupConfig, name: str = "near_dedup", column: str = "text") -> ray.data.Dataset:
+    """Reject, as stage `name`, every live row whose `column` is near a row earlier in the stable order."""
+    bands = map_stage(stream, _band_rows, stage, ranks=ranks, config=stage, column=column).materialize()
     grouped = bands.groupby("band_key").aggregate(Count(alias_name="n"), Min("order_key", alias_name="keeper"))
     buckets = {row["band_key"]: row["keeper"] for row in grouped.filter(expr=col("n") > 1).iter_rows()}
     edges = bands.map_batches(_edges, fn_kwargs={"buckets": buckets}, batch_format="pyarrow").take_all() if buckets else []
     keepers = group_keepers([(e["member"], e["keeper"]) for e in edges])
-    return map_stage(stream, _mark, stage, ranks=ranks, keepers=keepers)
+    return map_stage(stream, _mark, stage, name=name, ranks=ranks, keepers=keepers, column=column)

@@ -18,9 +18,9 @@ import unicodedata
 
 import pyarrow as pa
 
-from kun_ray.clean.stage import Verdicts, loaded_once, on_live_rows, replace_column
+from kun_ray.clean.stage import Verdicts, on_live_rows, replace_column
 from kun_ray.config import PerplexityConfig, StorageOptions
-from kun_ray.io.fetch import local_copy
+from kun_ray.io.fetch import loaded_once, local_copy
 
 NAME = "perplexity"
 

@@ -1,5 +1,9 @@
 """What the CPU map stages share: they act on live rows only, and declare their resources.
 
+CPU stages run as Ray tasks, not actors: tasks give their CPU back between batches, so a
+chain of stages never starves the reads feeding it, and Ray fuses consecutive stages into
+one operator.  Models they need load once per worker process (kun_ray.io.fetch.loaded_once).
+
 A map stage's core is a `Filter`: given the live rows of a batch, it returns them with its
 columns added (or its text rewritten) and, per row, a reject reason or None, with a detail.
 Rows an earlier stage rejected pass through untouched, with the new columns null, so one
@@ -10,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -29,7 +33,6 @@ class Verdicts:
 
 
 Filter = Callable[[pa.Table], Verdicts]
-T = TypeVar("T")
 
 
 def on_live_rows(batch: pa.Table, stage: str, keep_or_reject: Filter) -> pa.Table:
@@ -47,21 +50,6 @@ def on_live_rows(batch: pa.Table, stage: str, keep_or_reject: Filter) -> pa.Tabl
 def replace_column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
     index = table.schema.get_field_index(name)
     return table.set_column(index, name, values) if index >= 0 else table.append_column(name, values)
-
-
-_LOADED: dict[str, Any] = {}
-
-
-def loaded_once(key: str, build: Callable[[], T]) -> T:
-    """An object built once per worker process (a tokenizer, a KenLM model) and reused by every batch.
-
-    CPU stages run as Ray tasks, not actors: tasks give their CPU back between batches, so a
-    chain of stages never starves the reads feeding it, and Ray fuses consecutive stages into
-    one operator.  Ray reuses worker processes, so a model is still loaded once per worker.
-    """
-    if key not in _LOADED:
-        _LOADED[key] = build()
-    return _LOADED[key]
 
 
 def map_stage(ds: ray.data.Dataset, fn: Callable[..., pa.Table], resources: StageConfig, **kwargs: Any) -> ray.data.Dataset:

