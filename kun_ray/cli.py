@@ -12,6 +12,7 @@ import sys
 
 from kun_ray.config import ConfigError, RunConfig, load_config
 from kun_ray.io.read import InputFile, plan_inputs
+from kun_ray.pipeline import llm_tasks, run
 
 
 def _connect_ray() -> None:
@@ -32,12 +33,13 @@ def _validate(config: RunConfig, inputs: list[InputFile]) -> int:
     for source in config.sources:
         n = sum(f.source == source.name for f in inputs)
         print(f"{source.name}: {source.format}, {n} file{'s' * (n != 1)}")
+    for name in config.llm_stages():
+        print(f"{name}: {getattr(config, name).model}")
     print(f"output: {config.output.path}")
     return 0
 
 
 def _run(config: RunConfig, inputs: list[InputFile], progress: bool) -> int:
-    from kun_ray.pipeline import run
     from kun_ray.report import format_table
 
     _connect_ray()
@@ -62,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         config = load_config(args.config)
-        try:  # listing the inputs before Ray starts: a glob that matches nothing stops here
+        try:  # before Ray starts: a glob that matches nothing, a bad prompt file, stop here
             inputs = plan_inputs(config)
+            llm_tasks(config)
         except ConfigError as error:
             raise ConfigError(f"{args.config}: {error}") from None
         if args.command == "validate":

@@ -23,10 +23,10 @@ from typing import Any
 import ray.data
 
 from kun_ray import __version__
+from kun_ray.clean.dedup import source_ranks
 from kun_ray.clean.exact_dedup import exact_dedup
 from kun_ray.clean.heuristics import heuristics_batch
 from kun_ray.clean.length import length_batch
-from kun_ray.clean.dedup import source_ranks
 from kun_ray.clean.near_dedup import near_dedup
 from kun_ray.clean.normalize import normalize_batch, normalize_text
 from kun_ray.clean.perplexity import PerplexityScorer, perplexity_batch, quantile_cut
@@ -101,9 +101,14 @@ def final_steps(config: RunConfig) -> list[Step]:
     return steps
 
 
+def llm_tasks(config: RunConfig) -> dict[str, Any]:
+    """The task of each enabled LLM stage; a prompt file that is missing or has a wrong field is a ConfigError."""
+    return {name: LLM_TASKS[name](getattr(config, name)) for name in config.llm_stages()}
+
+
 def llm_engines(config: RunConfig) -> dict[str, Engine]:
-    """An engine per enabled LLM stage, built before any flow runs: a bad prompt file fails first."""
-    return {name: Engine(LLM_TASKS[name](getattr(config, name)), getattr(config, name), config.storage) for name in config.llm_stages()}
+    """An engine per enabled LLM stage, built before any flow runs, so config errors come first."""
+    return {name: Engine(task, getattr(config, name), config.storage) for name, task in llm_tasks(config).items()}
 
 
 def export_final(folder: RunFolder, config: RunConfig) -> None:

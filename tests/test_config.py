@@ -115,3 +115,14 @@ def test_cli_validate_lists_inputs(tmp_path):
     result = kun_ray("validate", str(write(tmp_path, "sources: [{name: sky, format: skypile, paths: [data]}]\noutput: out\n")))
     assert result.returncode == 0, result.stderr
     assert "sky: skypile, 2 files" in result.stdout
+
+
+def test_cli_bad_prompt_file_exits_2_before_any_work(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/a.jsonl").write_text('{"text": "x"}\n')
+    (tmp_path / "label.txt").write_text("{txt}", encoding="utf-8")
+    config = write(tmp_path, "sources: [{name: a, format: skypile, paths: [data]}]\noutput: out\nlabel: {model: m, prompt_file: label.txt}\n")
+    result = kun_ray("run", str(config))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"kun-ray: config error: {config}: label.prompt_file: unknown template field(s) ['txt']; this stage fills ['text']"
+    assert not (tmp_path / "out").exists()

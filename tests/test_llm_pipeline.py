@@ -18,12 +18,9 @@ from kun_ray.config import NearDedupConfig, StageConfig, parse_config
 from kun_ray.io.records import STREAM_SCHEMA
 from kun_ray.pipeline import run
 
-# Too long for the label engine's context (about 300 byte-level tokens): vLLM refuses it.
-OVERLONG = (
-    "The Yangtze is the longest river in Asia and the third longest in the world. It rises in the "
-    "Tanggula mountains, flows east through Sichuan and the Three Gorges, and reaches the East China "
-    "Sea at Shanghai after more than six thousand kilometres, draining a fifth of the land of China."
-)
+# Too long for the label engine's 256-token context but not for the length stage's 512: rare
+# characters the smoke-test tokenizer never saw, three byte-level tokens each (about 300).
+OVERLONG = "".join(chr(0x9F00 + k) for k in range(0, 200, 2))
 LLM_REASONS = {
     "label": {"empty_instruction", "instruction_keyword", "instruction_repetition", "inference_error"},
     "score": {"score_below_min", "unparseable_score", "inference_error"},
@@ -103,7 +100,7 @@ def test_a_prompt_too_long_for_the_engine_is_an_inference_error_not_a_dead_job(k
     _, _, out = kun_run
     errors = [r for r in table(out / "rejects" / "label") if r["reason"] == "inference_error"]
     assert [r["text"] for r in errors] == [OVERLONG]
-    assert "maximum model length" in errors[0]["detail"] or "max_model_len" in errors[0]["detail"]
+    assert errors[0]["detail"].startswith("VLLMValidationError: This model's maximum context length is 256 tokens")
 
 
 def test_llm_stages_add_their_columns_and_keep_every_earlier_one(kun_run):
@@ -211,3 +208,38 @@ def test_final_dedup_on_the_instruction(ray_cluster):
         "d3": ("instruction_near_dedup", "duplicate of d2 (source sky)"),
         "d4": (None, None),
     }
+
+
+# --- the engine's own work, without starting vLLM ----------------------------------------
+
+
+def test_polish_cuts_the_text_to_max_text_tokens_of_the_models_tokenizer(smoke_models):
+    from transformers import AutoTokenizer
+
+    from kun_ray.config import PolishConfig, StorageOptions
+    from kun_ray.llm.engine import Engine
+    from kun_ray.llm.polish import PolishTask
+
+    config = PolishConfig(model=str(smoke_models["chat_model"]), max_text_tokens=5, device="cpu")
+    engine = Engine(PolishTask(config), config, StorageOptions())
+    row = engine.preprocess({"doc_id": "d", "text": OVERLONG, "instruction": "长江有多长？"})
+    tokenizer = AutoTokenizer.from_pretrained(str(smoke_models["chat_model"]))
+    cut = tokenizer.decode(tokenizer.encode(OVERLONG, add_special_tokens=False)[:5])
+    assert OVERLONG.startswith(cut) and len(cut) < 40
+    prompt = row["messages"][0]["content"]
+    assert cut in prompt and OVERLONG not in prompt and "问题：长江有多长？" in prompt
+    assert row["text"] == OVERLONG  # the row keeps its whole text
+    assert row["sampling_params"]["max_tokens"] == 512 and row["sampling_params"]["temperature"] == 0.5
+
+
+def test_logprob_choices_must_be_single_tokens(smoke_models):
+    from transformers import AutoTokenizer
+
+    from kun_ray.config import ConfigError
+    from kun_ray.llm.engine import choice_token_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(str(smoke_models["chat_model"]))
+    ids = choice_token_ids(tokenizer, ("好", "差"), "smoke")
+    assert {tokenizer.decode([i]).strip() for i in ids} == {"好", "差"}
+    with pytest.raises(ConfigError, match="'量子力学与相对论' is not a single token of smoke's tokenizer"):
+        choice_token_ids(tokenizer, ("量子力学与相对论",), "smoke")
