@@ -224,8 +224,10 @@ def test_polish_cuts_the_text_to_max_text_tokens_of_the_models_tokenizer(smoke_m
     engine = Engine(PolishTask(config), config, StorageOptions())
     row = engine.preprocess({"doc_id": "d", "text": OVERLONG, "instruction": "长江有多长？"})
     tokenizer = AutoTokenizer.from_pretrained(str(smoke_models["chat_model"]))
-    cut = tokenizer.decode(tokenizer.encode(OVERLONG, add_special_tokens=False)[:5])
-    assert OVERLONG.startswith(cut) and len(cut) < 40
+    cut = engine.truncate(OVERLONG)
+    assert OVERLONG.startswith(cut) and 0 < len(cut) <= 3  # three byte-level tokens a character, none split
+    assert 5 <= len(tokenizer.encode(cut, add_special_tokens=False)) < 8
+    assert engine.truncate(ZH[1]) == ZH[1] or len(tokenizer.encode(ZH[1], add_special_tokens=False)) > 5
     prompt = row["messages"][0]["content"]
     assert cut in prompt and OVERLONG not in prompt and "问题：长江有多长？" in prompt
     assert row["text"] == OVERLONG  # the row keeps its whole text

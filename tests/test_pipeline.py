@@ -141,6 +141,8 @@ def test_cli_run_joins_the_cluster_in_ray_address_and_prints_the_table(ray_clust
     demo["output"] = str(tmp_path / "demo")
     demo["perplexity"] = {"enabled": False}  # the demo's models are built by `make demo`; the clean tests build their own
     demo["length"].pop("tokenizer")
+    for stage in ("label", "score", "polish"):  # the LLM stages run in test_llm_pipeline.py
+        demo[stage]["enabled"] = False
     demo["sources"] = [{**s, "paths": [os.path.abspath(os.path.join(os.path.dirname(config), p)) for p in s["paths"]]} for s in demo["sources"]]
     (tmp_path / "demo.yaml").write_text(yaml.safe_dump(demo, allow_unicode=True))
     env = {**os.environ, "RAY_ADDRESS": ray_cluster}

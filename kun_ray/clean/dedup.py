@@ -18,6 +18,14 @@ from kun_ray.config import RunConfig
 SEPARATOR = "\x1f"
 
 
+def shuffle_partitions() -> int:
+    """Partitions of a dedup's hash aggregation: a few per CPU of the cluster, not Ray's fixed 200,
+    which on a small cluster costs more in per-partition overhead than the grouping itself."""
+    import ray
+
+    return max(8, min(200, 2 * int(ray.cluster_resources().get("CPU", 1))))
+
+
 def source_ranks(config: RunConfig) -> dict[str, int]:
     return {source.name: rank for rank, source in enumerate(config.sources)}
 

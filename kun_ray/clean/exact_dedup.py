@@ -15,7 +15,7 @@ import ray.data
 from ray.data.aggregate import Count, Min
 from ray.data.expressions import col
 
-from kun_ray.clean.dedup import live_keys, mark_duplicates
+from kun_ray.clean.dedup import live_keys, mark_duplicates, shuffle_partitions
 from kun_ray.clean.stage import map_stage
 from kun_ray.config import StageConfig
 
@@ -37,6 +37,6 @@ def _mark(batch: pa.Table, name: str, ranks: dict[str, int], keepers: dict[str, 
 def exact_dedup(stream: ray.data.Dataset, ranks: dict[str, int], stage: StageConfig, name: str = "exact_dedup", column: str = "text") -> ray.data.Dataset:
     """Reject, as stage `name`, every live row whose `column` equals that of a row earlier in the stable order."""
     keys = map_stage(stream, _hash_keys, stage, ranks=ranks, column=column)
-    groups = keys.groupby("text_hash").aggregate(Count(alias_name="n"), Min("order_key", alias_name="keeper"))
+    groups = keys.groupby("text_hash", num_partitions=shuffle_partitions()).aggregate(Count(alias_name="n"), Min("order_key", alias_name="keeper"))
     keepers = {row["text_hash"]: row["keeper"] for row in groups.filter(expr=col("n") > 1).iter_rows()}
     return map_stage(stream, _mark, stage, name=name, ranks=ranks, keepers=keepers, column=column)

@@ -1,9 +1,10 @@
 """near_dedup: MinHash + LSH on character n-grams; one document kept per connected group.
 
 Chinese has no spaces, so a text's shingles are its character n-grams (5 by default).
-Signatures come from rensa's MinHash.  The LSH bands (b bands of r rows, chosen for the
-threshold as datasketch does: least weighted false-positive + false-negative area) are rows
-of a Ray Dataset grouped by band hash with Ray Data, so the grouping scales past one machine.
+Signatures come from rensa's MinHash, a whole batch per call.  The LSH bands (b bands of r
+rows, chosen for the threshold as datasketch does: least weighted false-positive +
+false-negative area) are hashed to 64 bits with numpy, and become rows of a Ray Dataset
+grouped by band hash with Ray Data, so the grouping scales past one machine.
 Only colliding buckets come back: each gives edges from its members to its first member,
 the edges are joined into connected groups on the driver (union-find, as datatrove's
 clustering step does), and every member but the group's first is rejected as `near_duplicate`.
@@ -11,7 +12,6 @@ clustering step does), and every member but the group's first is rejected as `ne
 
 from __future__ import annotations
 
-import hashlib
 from functools import lru_cache
 
 import numpy as np
@@ -20,7 +20,7 @@ import ray.data
 from ray.data.aggregate import Count, Min
 from ray.data.expressions import col
 
-from kun_ray.clean.dedup import live_keys, mark_duplicates
+from kun_ray.clean.dedup import live_keys, mark_duplicates, shuffle_partitions
 from kun_ray.clean.stage import map_stage
 from kun_ray.config import NearDedupConfig
 
@@ -41,30 +41,43 @@ def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
 
 
 def shingles(text: str, n: int) -> list[str]:
-    return list({text[i : i + n] for i in range(max(1, len(text) - n + 1))})  # MinHash ignores order
+    """The character n-grams of a text (a shorter text is its own one shingle); repeats do not change a MinHash."""
+    return [text[i : i + n] for i in range(max(1, len(text) - n + 1))]
 
 
-def band_keys(text: str, config: NearDedupConfig) -> list[str]:
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer: a 64-bit hash of each element (uint64 arithmetic wraps)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def band_hashes(texts: list[str], config: NearDedupConfig) -> np.ndarray:
+    """One uint64 per LSH band of each text's MinHash signature, shape (texts, bands); the band index is hashed in."""
     from rensa import RMinHash
 
     bands, rows = lsh_bands(config.threshold, config.num_perm)
-    minhash = RMinHash(num_perm=config.num_perm, seed=config.seed)
-    minhash.update(shingles(text, config.ngram))
-    digest = np.asarray(minhash.digest(), dtype=np.uint32)
-    return [f"{b:03d}:" + hashlib.blake2b(digest[b * rows : (b + 1) * rows].tobytes(), digest_size=12).hexdigest() for b in range(bands)]
+    if not texts:
+        return np.empty((0, bands), dtype=np.uint64)
+    digests = RMinHash.digests_from_token_sets([shingles(t, config.ngram) for t in texts], num_perm=config.num_perm, seed=config.seed)
+    grid = np.asarray(digests, dtype=np.uint64)[:, : bands * rows].reshape(len(texts), bands, rows)
+    hashes = _mix(np.arange(bands, dtype=np.uint64) + np.uint64(1))[None, :].repeat(len(texts), axis=0)
+    for r in range(rows):
+        hashes = _mix(hashes ^ grid[:, :, r])
+    return hashes
+
+
+def band_keys(text: str, config: NearDedupConfig) -> list[int]:
+    return band_hashes([text], config)[0].tolist()
 
 
 def _band_rows(batch: pa.Table, ranks: dict[str, int], config: NearDedupConfig, column: str) -> pa.Table:
     live, keys = live_keys(batch, ranks)
-    band_col, key_col = [], []
-    for text, key in zip(live[column].to_pylist(), keys):
-        for band in band_keys(text, config):
-            band_col.append(band)
-            key_col.append(key)
-    return pa.table({"band_key": pa.array(band_col, pa.string()), "order_key": pa.array(key_col, pa.string())})
+    hashes = band_hashes(live[column].to_pylist(), config)
+    return pa.table({"band_key": pa.array(hashes.reshape(-1), pa.uint64()), "order_key": pa.array(np.repeat(np.asarray(keys, dtype=object), hashes.shape[1]), pa.string())})
 
 
-def _edges(batch: pa.Table, buckets: dict[str, str]) -> pa.Table:
+def _edges(batch: pa.Table, buckets: dict[int, str]) -> pa.Table:
     members, keepers = [], []
     for band, key in zip(batch["band_key"].to_pylist(), batch["order_key"].to_pylist()):
         keeper = buckets.get(band)
@@ -99,7 +112,7 @@ def _mark(batch: pa.Table, name: str, ranks: dict[str, int], keepers: dict[str, 
 def near_dedup(stream: ray.data.Dataset, ranks: dict[str, int], stage: NearDedupConfig, name: str = "near_dedup", column: str = "text") -> ray.data.Dataset:
     """Reject, as stage `name`, every live row whose `column` is near a row earlier in the stable order."""
     bands = map_stage(stream, _band_rows, stage, ranks=ranks, config=stage, column=column).materialize()
-    grouped = bands.groupby("band_key").aggregate(Count(alias_name="n"), Min("order_key", alias_name="keeper"))
+    grouped = bands.groupby("band_key", num_partitions=shuffle_partitions()).aggregate(Count(alias_name="n"), Min("order_key", alias_name="keeper"))
     buckets = {row["band_key"]: row["keeper"] for row in grouped.filter(expr=col("n") > 1).iter_rows()}
     edges = bands.map_batches(_edges, fn_kwargs={"buckets": buckets}, batch_format="pyarrow").take_all() if buckets else []
     keepers = group_keepers([(e["member"], e["keeper"]) for e in edges])

@@ -108,8 +108,9 @@ class Engine:
         if limit is None:
             return text
         tokenizer = loaded_once(f"tokenizer:{self.config.model}", lambda: load_tokenizer(self.config.model, self.storage))
-        ids = tokenizer.encode(text, add_special_tokens=False)
-        return text if len(ids) <= limit else tokenizer.decode(ids[:limit])
+        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        # Cut at a character boundary: a character split over byte-level tokens is kept whole.
+        return text if len(offsets) <= limit else text[: offsets[limit - 1][1]]
 
     def preprocess(self, row: dict[str, Any]) -> dict[str, Any]:
         request = self.task.request({**row, "text": self.truncate(row["text"])})
