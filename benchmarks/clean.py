@@ -101,9 +101,10 @@ def run_peer(corpus: str, cpus: int, max_ppl: float, result: str) -> None:
     )
     from data_juicer.ops.filter.perplexity_filter import PerplexityFilter
     from data_juicer.ops.filter.text_length_filter import TextLengthFilter
-    from datasets import load_dataset
+    from datasets import disable_caching, load_dataset
 
     dataset = NestedDataset(load_dataset("json", data_files=corpus, split="train"))
+    disable_caching()  # else a second run reads the ops' results from the first one's cache files
     start = time.perf_counter()
     ops = [
         TextLengthFilter(min_len=MIN_CHARS, max_len=MAX_CHARS, num_proc=cpus),
