@@ -14,20 +14,22 @@
       report.json         per-stage counts: in, kept, rejected by reason, per source
 
 A flow of stages emits one row stream (documents and rejects together, see
-kun_ray/io/records.py).  It is written once to `_staging/`, then split by cheap Parquet reads
-into the flow's output folder and `rejects/<stage>/`, so the expensive stages run once and
-the accounting is read from what was written.
+kun_ray/io/records.py).  One Ray Data pass writes each block's kept rows to the flow's output
+folder and its rejected rows to `rejects/<stage>/`, and returns the block's counts, so the
+stages run once and the accounting is that of the rows written.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections import Counter
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import ray.data
-from ray.data.expressions import col
 
 from kun_ray.config import RunConfig
 from kun_ray.io.records import REJECT_COLUMNS, REJECT_FIELDS, REJECT_SCHEMA
@@ -38,8 +40,25 @@ Tally = Counter[tuple[str | None, str, str | None]]
 TALLY_COLUMNS = ["reject_stage", "source", "reject_reason"]
 
 
-def _tally_block(batch: pa.Table) -> pa.Table:
-    return batch.group_by(TALLY_COLUMNS, use_threads=False).aggregate([([], "count_all")])
+def _write_block(batch: pa.Table, arrow_fs: Any, kept_dir: str, rejects_dir: str, sums: tuple[str, ...]) -> pa.Table:
+    """Write a block's kept rows and its rejects (one file each, per stage); return its counts.
+
+    The counts are rows per (reject_stage, source, reject_reason) and, per group, the totals
+    of the `sums` columns.
+    """
+    name = f"{uuid.uuid4().hex}.parquet"
+    live = pc.is_null(batch["reject_reason"])
+    kept = batch.filter(live)
+    if kept.num_rows:
+        arrow_fs.create_dir(kept_dir, recursive=True)
+        pq.write_table(kept.drop_columns(REJECT_COLUMNS), f"{kept_dir}/{name}", filesystem=arrow_fs)
+    rejected = batch.filter(pc.invert(live))
+    for stage in pc.unique(rejected["reject_stage"]).to_pylist():
+        folder = f"{rejects_dir}/{stage}"
+        arrow_fs.create_dir(folder, recursive=True)
+        pq.write_table(_as_rejects(rejected.filter(pc.equal(rejected["reject_stage"], stage))), f"{folder}/{name}", filesystem=arrow_fs)
+    aggregations = [([], "count_all"), *((column, "sum") for column in sums)]
+    return batch.group_by(TALLY_COLUMNS, use_threads=False).aggregate(aggregations)
 
 
 def _as_rejects(batch: pa.Table) -> pa.Table:
@@ -80,20 +99,12 @@ class RunFolder:
     def path(self, *parts: str) -> str:
         return "/".join([self.root.rstrip("/"), *parts])
 
-    def _has_files(self, path: str) -> bool:
-        return self.fs.exists(path) and any(p.endswith(".parquet") for p in self.fs.find(path))
-
     def _remove(self, path: str) -> None:
         if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
 
     def _read(self, path: str, **kwargs: Any) -> ray.data.Dataset:
         return ray.data.read_parquet(path, filesystem=self.arrow_fs, **kwargs)
-
-    def _write(self, dataset: ray.data.Dataset, path: str) -> None:
-        """Replace whatever `path` holds with the dataset, so a re-run never appends twice."""
-        self._remove(path)
-        dataset.write_parquet(path, filesystem=self.arrow_fs)
 
     def read_stage(self, name: str) -> ray.data.Dataset:
         """A stage's kept rows as written."""
@@ -109,35 +120,22 @@ class RunFolder:
         """A stage's kept documents as live rows of a new flow."""
         return self._read(self.path(name)).map_batches(with_reject_columns, batch_format="pyarrow")
 
-    def _tally(self, path: str) -> Tally:
-        tally: Tally = Counter()
-        if self._has_files(path):
-            counts = self._read(path, columns=TALLY_COLUMNS).map_batches(_tally_block, batch_format="pyarrow")
-            for row in counts.take_all():
-                tally[(row["reject_stage"], row["source"], row["reject_reason"])] += row["count_all"]
-        return tally
-
     def write_rows(self, stream: ray.data.Dataset, kept_dir: str, stages: list[str], sums: tuple[str, ...] = ()) -> tuple[Tally, dict[str, int]]:
         """Run a flow's row stream to storage: kept rows to `kept_dir`, rejects to rejects/<stage>/.
 
-        `stages` are the flow's stages; their old rejects are replaced.  An empty folder is not written.
-        Returns the tally and, for each column in `sums`, its total over all rows (kept and rejected).
+        What those folders held is replaced; a folder with no rows is not written.  Returns the
+        tally and, for each column in `sums`, its total over all rows (kept and rejected).
         """
-        staging = self.path("_staging")
-        self._write(stream, staging)
-        tally = self._tally(staging)
-        totals = {column: int(self._read(staging, columns=[column]).sum(column) or 0) for column in sums} if tally else {}
-        self._remove(self.path(kept_dir))
-        if any(stage is None for stage, _, _ in tally):
-            kept = self._read(staging).filter(expr=col("reject_reason").is_null())
-            self._write(kept.drop_columns(REJECT_COLUMNS), self.path(kept_dir))
-        for stage in stages:
-            self._remove(self.path("rejects", stage))
-            if any(s == stage for s, _, _ in tally):
-                rejected = self._read(staging).filter(expr=col("reject_stage") == stage)
-                self._write(rejected.map_batches(_as_rejects, batch_format="pyarrow"), self.path("rejects", stage))
-        self._remove(staging)
-        return tally, totals
+        for path in [self.path(kept_dir), *(self.path("rejects", stage) for stage in stages)]:
+            self._remove(path)
+        options = {"arrow_fs": self.arrow_fs, "kept_dir": self.path(kept_dir), "rejects_dir": self.path("rejects"), "sums": sums}
+        tally: Tally = Counter()
+        totals = dict.fromkeys(sums, 0)
+        for row in stream.map_batches(_write_block, batch_format="pyarrow", fn_kwargs=options).iter_rows():
+            tally[(row["reject_stage"], row["source"], row["reject_reason"])] += row["count_all"]
+            for column in sums:
+                totals[column] += int(row[f"{column}_sum"] or 0)
+        return tally, totals if tally else {}
 
     def write_json(self, name: str, payload: dict[str, Any]) -> None:
         with self.fs.open(self.path(name), "w", encoding="utf-8") as f:
