@@ -40,16 +40,32 @@ def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
     return best
 
 
-def shingles(text: str, n: int) -> list[str]:
-    """The character n-grams of a text (a shorter text is its own one shingle); repeats do not change a MinHash."""
-    return [text[i : i + n] for i in range(max(1, len(text) - n + 1))]
-
-
 def _mix(x: np.ndarray) -> np.ndarray:
     """splitmix64's finalizer: a 64-bit hash of each element (uint64 arithmetic wraps)."""
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return x ^ (x >> np.uint64(31))
+
+
+def shingle_hashes(texts: list[str], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """64-bit hashes of every text's character n-grams, flat, with each text's offsets into them.
+
+    The texts' code points are laid end to end, each text followed by n - 1 zeros, and every
+    window of n hashed at once with numpy; a text's windows are those starting inside it
+    (one for a text shorter than n).  No Python string per shingle.
+    """
+    lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+    pad = "\0" * (n - 1)
+    points = np.frombuffer((pad.join(texts) + pad).encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.uint64)
+    windows = np.zeros(len(points) - n + 1, dtype=np.uint64)
+    for j in range(n):
+        windows = windows * np.uint64(0x100000001B3) + points[j : j + len(windows)]
+    windows = _mix(windows)
+    starts = np.concatenate([[0], np.cumsum(lengths + n - 1)[:-1]])  # of each text in `points`
+    counts = np.maximum(1, lengths - n + 1)  # windows per text
+    offsets = np.concatenate([[0], np.cumsum(counts)])  # of each text's windows in the result
+    index = np.repeat(starts - offsets[:-1], counts) + np.arange(offsets[-1])
+    return windows[index], offsets.astype(np.uint64)
 
 
 def band_hashes(texts: list[str], config: NearDedupConfig) -> np.ndarray:
@@ -59,7 +75,8 @@ def band_hashes(texts: list[str], config: NearDedupConfig) -> np.ndarray:
     bands, rows = lsh_bands(config.threshold, config.num_perm)
     if not texts:
         return np.empty((0, bands), dtype=np.uint64)
-    digests = RMinHash.digests_from_token_sets([shingles(t, config.ngram) for t in texts], num_perm=config.num_perm, seed=config.seed)
+    flat, offsets = shingle_hashes(texts, config.ngram)
+    digests = RMinHash.digest_matrix_from_flat_token_hashes(flat, offsets, config.num_perm, config.seed).to_rows()
     grid = np.asarray(digests, dtype=np.uint64)[:, : bands * rows].reshape(len(texts), bands, rows)
     hashes = _mix(np.arange(bands, dtype=np.uint64) + np.uint64(1))[None, :].repeat(len(texts), axis=0)
     for r in range(rows):
