@@ -14,6 +14,7 @@ is published, so a percentile is the practical default).  Adds `ppl`.
 from __future__ import annotations
 
 import re
+import sys
 import unicodedata
 
 import pyarrow as pa
@@ -34,6 +35,9 @@ UNICODE_PUNCT = {
 PUNCT_TABLE = str.maketrans(UNICODE_PUNCT)
 NON_PRINTING = re.compile(f"[{''.join(map(chr, list(range(0, 32)) + list(range(127, 160))))}]")
 DIGIT = re.compile(r"\d")
+# Nonspacing marks (accents once NFD has split them off): CCNet drops them.  One str.translate
+# does what a per-character unicodedata.category() test does, at C speed.
+DROP_COMBINING_MARKS = dict.fromkeys(c for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) == "Mn")
 
 
 def ccnet_normalize(line: str) -> str:
@@ -41,7 +45,7 @@ def ccnet_normalize(line: str) -> str:
     if not line:
         return line
     line = line.lower()
-    line = "".join(c for c in unicodedata.normalize("NFD", line) if unicodedata.category(c) != "Mn")
+    line = unicodedata.normalize("NFD", line).translate(DROP_COMBINING_MARKS)
     line = DIGIT.sub("0", line)
     line = line.translate(PUNCT_TABLE)
     return NON_PRINTING.sub("", line)
