@@ -12,6 +12,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pytest
 import yaml
+from conftest import S3_KEY, S3_SECRET
 from corpus import build_corpus
 
 from kun_ray.config import parse_config
@@ -122,6 +123,9 @@ def test_run_from_s3_to_s3(ray_cluster, s3, corpus, s3_corpus, local_run):
     assert report["stages"][0]["rejected_by_reason"] == local_run[1]["stages"][0]["rejected_by_reason"]
     detail = next(r["detail"] for r in rejects if r["reason"] == "invalid_utf8")
     assert detail.startswith("s3://corpora/test/skypile/data/2020-40_zh_head_0000.jsonl, line 2:")
+    for path in fs.find("runs/from-s3"):  # the credentials reached s3fs from the environment, and nowhere else
+        data = fs.cat(path)
+        assert S3_KEY.encode() not in data and S3_SECRET.encode() not in data, path
 
 
 def test_wrong_s3_credentials_fail_before_work_with_one_line(s3, s3_corpus, tmp_path):
