@@ -136,17 +136,21 @@ def run(config: RunConfig, inputs: list[InputFile] | None = None) -> dict[str, A
     timings: dict[str, float] = {}
 
     def flow(
-        name: str, stream: ray.data.Dataset, output: str, steps: list[Step], extras: dict[str, dict[str, Any]] | None = None, sums: tuple[str, ...] = ()
+        name: str, stream: ray.data.Dataset, output: str, steps: list[Step], extras: dict[str, dict[str, Any]] | None = None, tokens: str | None = None
     ) -> int:
-        """Run steps over a stream, write it, account for it; returns the rows kept."""
+        """Run steps over a stream, write it, account for it; returns the rows kept.
+
+        `tokens` names an LLM stage's column of generated tokens, totalled into its report.
+        """
         flow_clock = time.monotonic()
         for _, step in steps:
             stream = step(stream)
         names = [n for n, _ in steps]
-        tally, totals = folder.write_rows(stream, output, names, sums)
+        tally, totals = folder.write_rows(stream, output, names, (tokens,) if tokens else ())
         wall = time.monotonic() - flow_clock
         extras = {stage: dict(values) for stage, values in (extras or {}).items()}
-        for column, total in totals.items():  # generated tokens of an LLM stage
+        if tokens in totals:
+            total = totals[tokens]
             extras.setdefault(name, {}).update(generated_tokens=total, generated_tokens_per_s=round(total / wall, 1) if wall else None)
         stages.extend(flow_report(names, tally, extras))
         timings[name] = round(wall, 3)
@@ -163,7 +167,7 @@ def run(config: RunConfig, inputs: list[InputFile] | None = None) -> dict[str, A
         if not kept:
             break
         model = {"model": engine.config.model}
-        kept = flow(name, folder.stage_rows(previous), LLM_OUTPUTS[name], [(name, engine.run)], {name: model}, (tokens_column(engine.task),))
+        kept = flow(name, folder.stage_rows(previous), LLM_OUTPUTS[name], [(name, engine.run)], {name: model}, tokens_column(engine.task))
         previous = LLM_OUTPUTS[name]
     if kept and engines and config.final.enabled:
         kept = flow("final", folder.stage_rows(previous), "final", final_steps(config))

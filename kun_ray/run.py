@@ -32,7 +32,12 @@ import pyarrow.parquet as pq
 import ray.data
 
 from kun_ray.config import RunConfig
-from kun_ray.io.records import REJECT_COLUMNS, REJECT_FIELDS, REJECT_SCHEMA
+from kun_ray.io.records import (
+    REJECT_COLUMNS,
+    REJECT_FIELDS,
+    REJECT_SCHEMA,
+    column_or_nulls,
+)
 from kun_ray.io.storage import is_local, pyarrow_filesystem, url_to_fs
 
 #: (stage that rejected the row or None, source, reject reason or None) -> rows
@@ -70,15 +75,11 @@ def _as_rejects(batch: pa.Table) -> pa.Table:
             "reason": batch["reject_reason"],
             "detail": batch["reject_detail"],
             "text": batch["text"].cast(pa.large_string()),
-            "instruction": _column_or_nulls(batch, "instruction", pa.string()),
-            "answer": _column_or_nulls(batch, "answer", pa.large_string()),
+            "instruction": column_or_nulls(batch, "instruction", pa.string()),
+            "answer": column_or_nulls(batch, "answer", pa.large_string()),
         },
         schema=REJECT_SCHEMA,
     )
-
-
-def _column_or_nulls(batch: pa.Table, name: str, kind: pa.DataType) -> pa.Array:
-    return batch[name].cast(kind) if name in batch.column_names else pa.nulls(batch.num_rows, kind)
 
 
 def with_reject_columns(batch: pa.Table) -> pa.Table:

@@ -12,13 +12,14 @@ def _repeated_unit_pattern(max_unit_chars: int, max_repeats: int) -> re.Pattern[
     return re.compile(r"(\S.{0,%d}?)\1{%d,}" % (max_unit_chars - 1, max_repeats), re.DOTALL)
 
 
-def repeated_unit(text: str, max_unit_chars: int, max_repeats: int) -> tuple[str, int] | None:
-    """The first unit of 1..max_unit_chars characters repeated more than max_repeats times in a row, and how often."""
+def repetition_detail(text: str, max_unit_chars: int, max_repeats: int) -> str | None:
+    """Why a text counts as runaway repetition, or None: a unit of 1..max_unit_chars characters
+    repeated more than max_repeats times in a row ("'哈' repeated 30 times in a row (max 10)")."""
     match = _repeated_unit_pattern(max_unit_chars, max_repeats).search(text)
     if match is None:
         return None
     unit = match.group(1)
-    return unit, len(match.group(0)) // len(unit)
+    return f"{unit!r} repeated {len(match.group(0)) // len(unit)} times in a row (max {max_repeats})"
 
 
 def first_keyword(text: str, keywords: list[str]) -> str | None:

@@ -42,16 +42,20 @@ def engine(model, max_model_len: int = 1024) -> dict:
     }
 
 
-def llm_config(tmp_path, smoke_models, **stages) -> dict:
+def run_llm_pipeline(tmp_path, smoke_models, **stages):
+    """The test corpus (ZH and OVERLONG) through cleaning and the given LLM stages; (config, report, run folder)."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     (corpus / "part.jsonl").write_bytes(jsonl([{"text": t} for t in [*ZH, OVERLONG]]))
-    return {
-        "sources": [{"name": "sky", "format": "skypile", "paths": [str(corpus)]}],
-        "output": str(tmp_path / "run"),
-        "length": {"min_chars": 10, "tokenizer": str(smoke_models["tokenizer"])},
-        **stages,
-    }
+    config = parse_config(
+        {
+            "sources": [{"name": "sky", "format": "skypile", "paths": [str(corpus)]}],
+            "output": str(tmp_path / "run"),
+            "length": {"min_chars": 10, "tokenizer": str(smoke_models["tokenizer"])},
+            **stages,
+        }
+    )
+    return config, run(config), tmp_path / "run"
 
 
 def table(path) -> list[dict]:
@@ -65,19 +69,14 @@ def jsonl_rows(folder) -> list[dict]:
 @pytest.fixture(scope="module")
 def kun_run(ray_cluster, smoke_models, tmp_path_factory):
     """Kun's pipeline: label -> score (kun_instruction, by log-probabilities) -> polish -> final."""
-    tmp_path = tmp_path_factory.mktemp("kun-run")
     model = smoke_models["chat_model"]
-    config = parse_config(
-        llm_config(
-            tmp_path,
-            smoke_models,
-            label={**engine(model, max_model_len=256), "keywords": [], "sampling": {"max_tokens": 24}},
-            score={**engine(model), "mode": "kun_instruction", "method": "logprobs", "min_score": 0.0},
-            polish={**engine(model), "keywords": [], "min_answer_chars": 0, "sampling": {"max_tokens": 24}},
-        )
+    return run_llm_pipeline(
+        tmp_path_factory.mktemp("kun-run"),
+        smoke_models,
+        label={**engine(model, max_model_len=256), "keywords": [], "sampling": {"max_tokens": 24}},
+        score={**engine(model), "mode": "kun_instruction", "method": "logprobs", "min_score": 0.0},
+        polish={**engine(model), "keywords": [], "min_answer_chars": 0, "sampling": {"max_tokens": 24}},
     )
-    report = run(config)
-    return config, report, tmp_path / "run"
 
 
 def test_every_clean_document_ends_in_final_or_in_an_llm_reject(kun_run):
@@ -159,21 +158,17 @@ def test_final_exports_alpaca_and_tagged_messages(kun_run):
 @pytest.fixture(scope="module")
 def humpback_run(ray_cluster, smoke_models, tmp_path_factory):
     """Humpback's pipeline with the score parsed from generated text: gibberish has no "Score: N"."""
-    tmp_path = tmp_path_factory.mktemp("humpback-run")
     model = smoke_models["chat_model"]
-    config = parse_config(
-        llm_config(
-            tmp_path,
-            smoke_models,
-            label={**engine(model), "template": "humpback", "keywords": [], "sampling": {"max_tokens": 16}},
-            score={**engine(model), "mode": "humpback_pair", "method": "generate", "sampling": {"max_tokens": 16}},
-        )
+    return run_llm_pipeline(
+        tmp_path_factory.mktemp("humpback-run"),
+        smoke_models,
+        label={**engine(model), "template": "humpback", "keywords": [], "sampling": {"max_tokens": 16}},
+        score={**engine(model), "mode": "humpback_pair", "method": "generate", "sampling": {"max_tokens": 16}},
     )
-    return run(config), tmp_path / "run"
 
 
 def test_unparseable_scores_are_rejected_with_the_raw_text(humpback_run):
-    report, out = humpback_run
+    _, report, out = humpback_run
     scored_in = next(s for s in report["stages"] if s["stage"] == "score")["in"]
     rejects = table(out / "rejects" / "score")
     assert scored_in > 0 and len(rejects) == scored_in

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from kun_ray.clean.stage import Verdicts, on_live_rows
 from kun_ray.config import HeuristicsConfig
-from kun_ray.text import repeated_unit
+from kun_ray.text import repetition_detail
 
 NAME = "heuristics"
 
@@ -29,9 +29,8 @@ class Heuristics:
 
     def verdict(self, text: str) -> tuple[str | None, str | None]:
         c = self.config
-        if found := repeated_unit(text, c.max_unit_chars, c.max_unit_repeats):
-            unit, times = found
-            return "repeated_unit", f"{unit!r} repeated {times} times in a row (max {c.max_unit_repeats})"
+        if detail := repetition_detail(text, c.max_unit_chars, c.max_unit_repeats):
+            return "repeated_unit", detail
         share = repeated_line_fraction(text)
         if share > c.max_repeated_line_fraction:
             return "repeated_lines", f"{share:.0%} of the text is in repeated lines (max {c.max_repeated_line_fraction:.0%})"

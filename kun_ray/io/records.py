@@ -44,6 +44,11 @@ REJECT_SCHEMA = pa.schema(
 )
 
 
+def column_or_nulls(batch: pa.Table, name: str, kind: pa.DataType) -> pa.Array | pa.ChunkedArray:
+    """A batch's column as `kind`, or nulls where the batch lacks it."""
+    return batch[name].cast(kind) if name in batch.column_names else pa.nulls(batch.num_rows, kind)
+
+
 class RecordError(Exception):
     """One record cannot become a document: a stable reason code and a human detail."""
 

@@ -22,7 +22,7 @@ import ray.data
 
 from kun_ray.config import ConfigError, LLMStageConfig, StorageOptions
 from kun_ray.io.fetch import load_tokenizer, loaded_once
-from kun_ray.io.records import REJECT_COLUMNS
+from kun_ray.io.records import REJECT_COLUMNS, column_or_nulls
 from kun_ray.llm.task import Task
 
 ERROR_COLUMN = "__inference_error__"
@@ -134,8 +134,9 @@ class Engine:
         """The task over every row of `stream` (live rows: a stage's kept output read back)."""
         from ray.data.llm import build_processor
 
-        schema = output_schema(stream.schema().base_schema, self.task)
-        carried = [f.name for f in stream.schema().base_schema if f.name not in REJECT_COLUMNS]
+        input_schema = stream.schema().base_schema
+        schema = output_schema(input_schema, self.task)
+        carried = [f.name for f in input_schema if f.name not in REJECT_COLUMNS]
         processor = build_processor(
             self.processor_config(),
             preprocess=self.preprocess,
@@ -152,8 +153,7 @@ def conform(batch: pa.Table, schema: pa.Schema, stage: str, tokens: str) -> pa.T
     Rows the engine failed on bypass postprocess and carry vLLM's own columns, so blocks differ;
     this gives every block the stage's schema.
     """
-    n = batch.num_rows
-    columns = {f.name: (batch[f.name].cast(f.type) if f.name in batch.column_names else pa.nulls(n, f.type)) for f in schema}
+    columns = {f.name: column_or_nulls(batch, f.name, f.type) for f in schema}
     if ERROR_COLUMN in batch.column_names:
         errors = pc.fill_null(batch[ERROR_COLUMN].cast(pa.large_string()), "")
         failed = pc.not_equal(errors, "")

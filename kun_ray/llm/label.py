@@ -16,7 +16,7 @@ from typing import Any
 from kun_ray.config import LabelConfig
 from kun_ray.llm.prompts import check_fields, load_template, render
 from kun_ray.llm.task import Parsed, Request, clip, user
-from kun_ray.text import first_keyword, repeated_unit
+from kun_ray.text import first_keyword, repetition_detail
 
 WHITESPACE_RUN = re.compile(r"\s{5,}")
 
@@ -37,9 +37,8 @@ def instruction_verdict(instruction: str, config: LabelConfig) -> tuple[str | No
         return "empty_instruction", "the label model wrote no instruction"
     if keyword := first_keyword(instruction, config.keywords):
         return "instruction_keyword", f"contains {keyword!r}"
-    if found := repeated_unit(instruction, config.max_unit_chars, config.max_unit_repeats):
-        unit, times = found
-        return "instruction_repetition", f"{unit!r} repeated {times} times in a row (max {config.max_unit_repeats})"
+    if detail := repetition_detail(instruction, config.max_unit_chars, config.max_unit_repeats):
+        return "instruction_repetition", detail
     return None, None
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from kun_ray.config import PolishConfig
 from kun_ray.llm.prompts import check_fields, load_template, render
 from kun_ray.llm.task import Parsed, Request, user
-from kun_ray.text import first_keyword, repeated_unit
+from kun_ray.text import first_keyword, repetition_detail
 
 
 def answer_verdict(answer: str, config: PolishConfig) -> tuple[str | None, str | None]:
@@ -22,9 +22,8 @@ def answer_verdict(answer: str, config: PolishConfig) -> tuple[str | None, str |
         return "answer_too_short", f"{len(answer)} characters < {config.min_answer_chars}"
     if keyword := first_keyword(answer, config.keywords):
         return "answer_keyword", f"contains {keyword!r}"
-    if found := repeated_unit(answer, config.max_unit_chars, config.max_unit_repeats):
-        unit, times = found
-        return "answer_repetition", f"{unit!r} repeated {times} times in a row (max {config.max_unit_repeats})"
+    if detail := repetition_detail(answer, config.max_unit_chars, config.max_unit_repeats):
+        return "answer_repetition", detail
     return None, None
 
 
