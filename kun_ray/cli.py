@@ -13,6 +13,7 @@ import sys
 from kun_ray.config import ConfigError, RunConfig, load_config
 from kun_ray.io.read import InputFile, plan_inputs
 from kun_ray.pipeline import llm_tasks, run
+from kun_ray.run import RunFolder, run_settings
 
 
 def _connect_ray() -> None:
@@ -39,14 +40,27 @@ def _validate(config: RunConfig, inputs: list[InputFile]) -> int:
     return 0
 
 
-def _run(config: RunConfig, inputs: list[InputFile], progress: bool) -> int:
+def _log_to_stderr() -> None:
+    """kun-ray's own progress lines (one per stage every 30 s, see kun_ray/ledger.py) on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("kun-ray: %(message)s"))
+    logger = logging.getLogger("kun_ray")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def _run(config: RunConfig, inputs: list[InputFile], progress: bool, fresh: bool, force: bool) -> int:
     from kun_ray.report import format_table
 
+    if not fresh:  # before Ray starts: a run folder of another config stops here
+        RunFolder(config).check(run_settings(config, inputs), force)
+    _log_to_stderr()
     _connect_ray()
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = progress
-    report = run(config, inputs)
+    report = run(config, inputs, fresh=fresh, force=force)
     print(format_table(report))
     print(f"\nrun folder: {report['output']}  ({report['wall_s']:.1f} s)")
     return 0
@@ -58,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     run_cmd = commands.add_parser("run", help="run a config's stages on Ray and write its run folder")
     run_cmd.add_argument("config", help="the run's YAML config")
     run_cmd.add_argument("--no-progress", action="store_true", help="hide Ray Data's progress bars")
+    run_cmd.add_argument("--fresh", action="store_true", help="start over: remove what an earlier run wrote to the output first")
+    run_cmd.add_argument("--force", action="store_true", help="resume a run folder written by a changed config (finished shards stay as they are)")
     validate_cmd = commands.add_parser("validate", help="check a config and list its input files, without running it")
     validate_cmd.add_argument("config", help="the run's YAML config")
     args = parser.parse_args(argv)
@@ -71,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"{args.config}: {error}") from None
         if args.command == "validate":
             return _validate(config, inputs)
-        return _run(config, inputs, progress=not args.no_progress)
+        return _run(config, inputs, progress=not args.no_progress, fresh=args.fresh, force=args.force)
     except ConfigError as error:
         print(f"kun-ray: config error: {error}", file=sys.stderr)
         return 2

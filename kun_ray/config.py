@@ -77,6 +77,8 @@ class ReadConfig(StrictModel):
     block_rows: int = Field(default=2048, gt=0)
     num_cpus: float = Field(default=1.0, gt=0)
     max_reject_text_chars: int = Field(default=2000, ge=0)
+    #: A record (a JSONL line, a document's text) over this many bytes is a `record_too_large` reject.
+    max_record_bytes: int = Field(default=8 << 20, gt=0)
 
 
 class StageConfig(StrictModel):
@@ -203,6 +205,9 @@ class LLMStageConfig(StrictModel):
     #: Environment variables for the engine actors (e.g. VLLM_CPU_KVCACHE_SPACE). Never secrets: those come from the cluster's environment.
     env: dict[str, str] = Field(default_factory=dict)
     log_engine_metrics: bool = False
+    #: Restarts of an engine actor that died (a lost spot node, an out-of-memory kill), and retries
+    #: of a batch on it, before the stage fails: bounded, so an engine that cannot start stops the run.
+    max_restarts: int = Field(default=3, ge=0)
 
     @field_validator("concurrency")
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from kun_ray.run import Tally
+from kun_ray.ledger import Tally
 
 
 def _counts(rows_in: int, rejected: Counter[str]) -> dict[str, Any]:

@@ -53,7 +53,7 @@ def test_every_record_lands_in_documents_or_rejects(corpus, local_run):
     assert outcomes(documents, rejects) == corpus.expected
     assert {r["stage"] for r in rejects} == {"read"}
     assert all(r["detail"] for r in rejects)
-    assert sorted(os.listdir(out)) == ["clean", "documents", "filtered", "rejects", "report.json"]
+    assert sorted(os.listdir(out)) == ["_commits", "clean", "documents", "filtered", "manifest.json", "rejects", "report.json"]
 
 
 def test_every_record_ends_clean_or_rejected_by_one_stage(corpus, local_run):
@@ -71,7 +71,7 @@ def test_every_record_ends_clean_or_rejected_by_one_stage(corpus, local_run):
 def test_document_schema(local_run):
     out, _ = local_run
     schema = pads.dataset(str(out / "documents"), format="parquet").schema
-    assert schema.names == ["doc_id", "source", "text", "title", "meta"]
+    assert schema.names == ["doc_id", "source", "shard", "text", "title", "meta"]
 
 
 def test_report_accounts_for_every_record(corpus, local_run):

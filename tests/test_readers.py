@@ -8,7 +8,7 @@ import json
 import pytest
 from corpus import ZH, build_corpus
 
-from kun_ray.config import SourceConfig, StorageOptions, parse_config
+from kun_ray.config import ReadConfig, SourceConfig, StorageOptions, parse_config
 from kun_ray.io.read import InputFile, plan_inputs, read_file
 from kun_ray.io.records import DOCUMENT_SCHEMA
 from kun_ray.io.skypile import SkypileReader
@@ -97,7 +97,7 @@ def test_wudao_object_without_records_is_unreadable(tmp_path):
 def test_reject_text_is_capped(tmp_path):
     (tmp_path / "big.jsonl").write_bytes(b'{"text": "' + "长".encode() * 100_000 + b"\n")
     source = SourceConfig(name="s", format="skypile", paths=["x"])
-    (row,) = list(read_file(InputFile("s", str(tmp_path / "big.jsonl"), "big.jsonl"), source, StorageOptions(), max_reject_text_chars=50))
+    (row,) = list(read_file(InputFile("s", str(tmp_path / "big.jsonl"), "big.jsonl"), source, StorageOptions(), ReadConfig(max_reject_text_chars=50)))
     assert row["reject_reason"] == "malformed_json"
     assert len(row["text"]) == 50
 
@@ -134,7 +134,7 @@ class CountingStream(io.BytesIO):
 )
 def test_readers_stream(reader, payload):
     stream = CountingStream(payload)
-    records = reader(SourceConfig(name="s", format="skypile", paths=["x"])).records(stream)
+    records = reader(SourceConfig(name="s", format="skypile", paths=["x"]), 8 << 20).records(stream)
     next(records)
     assert len(payload) > 40 << 20
     assert stream.pulled < 1 << 20, f"read {stream.pulled} bytes of {len(payload)} for the first record"

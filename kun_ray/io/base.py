@@ -22,8 +22,10 @@ class CorpusReader:
     #: fsspec compression for opening the file: "infer" picks it from the extension (.gz, .zst).
     compression: str | None = "infer"
 
-    def __init__(self, source: SourceConfig):
+    def __init__(self, source: SourceConfig, max_record_bytes: int):
         self.source = source
+        #: A record larger than this is a `record_too_large` reject, not a document.
+        self.max_record_bytes = max_record_bytes
 
     def records(self, stream: BinaryIO) -> Iterator[tuple[int, Any]]:
         """(1-based position, parsed record or RecordError) for every record in the stream.

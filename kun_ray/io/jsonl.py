@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
@@ -20,9 +21,31 @@ def parse_failure(raw: bytes, error: Exception) -> RecordError:
     return RecordError("malformed_json", one_line(str(error)), raw)
 
 
-def json_lines(stream: BinaryIO) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed value or RecordError) for every non-blank line."""
-    for number, raw in enumerate(stream, start=1):
+def _skip_line(stream: BinaryIO, chunk: int) -> int:
+    """Read past the rest of the current line, `chunk` bytes at most at a time; the bytes skipped."""
+    skipped = 0
+    while rest := stream.readline(chunk):
+        skipped += len(rest)
+        if rest.endswith(b"\n"):
+            break
+    return skipped
+
+
+def json_lines(stream: BinaryIO, max_record_bytes: int) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value or RecordError) for every non-blank line.
+
+    A line longer than `max_record_bytes` is never held whole: its head is kept for the
+    reject row and the rest is skipped in bounded reads.
+    """
+    if not isinstance(stream, io.BufferedIOBase):  # fsspec's remote files take no readline(size)
+        stream = io.BufferedReader(stream, buffer_size=1 << 20)
+    number = 0
+    while raw := stream.readline(max_record_bytes + 1):
+        number += 1
+        if len(raw) > max_record_bytes and not raw.endswith(b"\n"):
+            size = len(raw) + _skip_line(stream, max_record_bytes)
+            yield number, RecordError("record_too_large", f"a line of {size:,} bytes, over read.max_record_bytes ({max_record_bytes:,})", raw[:4096])
+            continue
         if not raw.strip():
             continue
         try:
@@ -44,7 +67,7 @@ class JsonlReader(CorpusReader):
     unit = "line"
 
     def records(self, stream: BinaryIO) -> Iterator[tuple[int, Any]]:
-        return json_lines(stream)
+        return json_lines(stream, self.max_record_bytes)
 
     def document(self, record: dict[str, Any]) -> Document:
         s = self.source

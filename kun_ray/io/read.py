@@ -15,7 +15,13 @@ import orjson
 import pyarrow as pa
 import ray.data
 
-from kun_ray.config import ConfigError, RunConfig, SourceConfig, StorageOptions
+from kun_ray.config import (
+    ConfigError,
+    ReadConfig,
+    RunConfig,
+    SourceConfig,
+    StorageOptions,
+)
 from kun_ray.io.base import CorpusReader
 from kun_ray.io.jsonl import JsonlReader
 from kun_ray.io.parquet import ParquetReader
@@ -40,6 +46,11 @@ class InputFile:
     url: str
     #: The path below the pattern's root: stable when a corpus moves, so ids are built from it.
     relpath: str
+
+    @property
+    def shard(self) -> str:
+        """The file's name in the run: what its rows carry, and what the run commits and resumes by."""
+        return f"{self.source}/{self.relpath}"
 
 
 def plan_inputs(config: RunConfig) -> list[InputFile]:
@@ -70,13 +81,15 @@ def _record_text(record: Any) -> str:
         return repr(record)
 
 
-def _text_problem(text: Any) -> RecordError | None:
+def _text_problem(text: Any, max_bytes: int) -> RecordError | None:
     if text is None:
         return RecordError("missing_text", "the text field is null")
     if not isinstance(text, str):
         return RecordError("malformed_record", f"the text field is a {type(text).__name__}, not a string")
     if not text.strip():
         return RecordError("empty_text", "the text is empty")
+    if len(text) > max_bytes // 4 and (size := len(text.encode("utf-8", errors="replace"))) > max_bytes:
+        return RecordError("record_too_large", f"a text of {size:,} bytes, over read.max_record_bytes ({max_bytes:,})")
     return None
 
 
@@ -100,6 +113,7 @@ class _Rows:
         return {
             "doc_id": doc_id,
             "source": self.source.name,
+            "shard": self.file.shard,
             "text": text,
             "title": title,
             "meta": meta,
@@ -109,14 +123,14 @@ class _Rows:
         }
 
 
-def read_file(file: InputFile, source: SourceConfig, storage: StorageOptions, max_reject_text_chars: int = 2000) -> Iterator[dict[str, Any]]:
+def read_file(file: InputFile, source: SourceConfig, storage: StorageOptions, options: ReadConfig = ReadConfig()) -> Iterator[dict[str, Any]]:
     """Stream rows out of one file: a document per good record, a reject row per bad one.
 
     Never raises for bad data: a file that cannot be opened or parsed to its end yields one
     more reject row for the file (reason `unreadable_file`) after the records read before.
     """
-    reader = READERS[source.format](source)
-    rows = _Rows(file, source, reader.unit, max_reject_text_chars)
+    reader = READERS[source.format](source, options.max_record_bytes)
+    rows = _Rows(file, source, reader.unit, options.max_reject_text_chars)
     try:
         fs, path = url_to_fs(file.url, storage)
         with fs.open(path, "rb", compression=reader.compression) as stream:
@@ -134,7 +148,7 @@ def read_file(file: InputFile, source: SourceConfig, storage: StorageOptions, ma
                 except RecordError as error:
                     yield rows.reject(fallback_id, error, position, text=_record_text(record))
                     continue
-                if problem := _text_problem(doc.text):
+                if problem := _text_problem(doc.text, options.max_record_bytes):
                     yield rows.reject(doc.doc_id or fallback_id, problem, position)
                 else:
                     yield rows.document(doc, fallback_id)
@@ -143,21 +157,24 @@ def read_file(file: InputFile, source: SourceConfig, storage: StorageOptions, ma
         yield rows.reject(file.relpath, failure, None)
 
 
+def file_blocks(file: InputFile, config: RunConfig) -> Iterator[pa.Table]:
+    """One file's stream rows (kun_ray.io.records.STREAM_SCHEMA) in blocks of at most read.block_rows."""
+    source = config.source(file.source)
+    rows = read_file(file, source, config.storage_for(source.storage), config.read)
+    return blocks(rows, config.read.block_rows)
+
+
+def input_files(inputs: list[InputFile]) -> ray.data.Dataset:
+    """The files as a Dataset of one block each, so each gets its own read task."""
+    return ray.data.from_items([asdict(f) for f in inputs], override_num_blocks=max(1, len(inputs)))
+
+
 def _read_files(batch: pa.Table, config: RunConfig) -> Iterator[pa.Table]:
     for item in batch.to_pylist():
-        file = InputFile(**item)
-        source = config.source(file.source)
-        rows = read_file(file, source, config.storage_for(source.storage), config.read.max_reject_text_chars)
-        yield from blocks(rows, config.read.block_rows)
+        yield from file_blocks(InputFile(**item), config)
 
 
 def read_documents(config: RunConfig, inputs: list[InputFile]) -> ray.data.Dataset:
-    """A Dataset of stream rows (kun_ray.io.records.STREAM_SCHEMA): one read task per file."""
-    files = ray.data.from_items([asdict(f) for f in inputs], override_num_blocks=max(1, len(inputs)))
-    return files.map_batches(
-        _read_files,
-        batch_size=1,
-        batch_format="pyarrow",
-        fn_kwargs={"config": config},
-        num_cpus=config.read.num_cpus,
-    )
+    """The files' stream rows as one Dataset, one read task per file (the run's read flow writes
+    them as it reads instead, see kun_ray.pipeline; this is for reading a corpus interactively)."""
+    return input_files(inputs).map_batches(_read_files, batch_size=1, batch_format="pyarrow", fn_kwargs={"config": config}, num_cpus=config.read.num_cpus)

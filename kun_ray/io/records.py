@@ -18,6 +18,7 @@ DOCUMENT_SCHEMA = pa.schema(
     [
         ("doc_id", pa.string()),
         ("source", pa.string()),
+        ("shard", pa.string()),  # the input file it came from: the unit a run commits and resumes by
         ("text", pa.large_string()),
         ("title", pa.string()),
         ("meta", pa.large_string()),
@@ -34,6 +35,7 @@ REJECT_SCHEMA = pa.schema(
     [
         ("doc_id", pa.string()),
         ("source", pa.string()),
+        ("shard", pa.string()),
         ("stage", pa.string()),
         ("reason", pa.string()),
         ("detail", pa.large_string()),

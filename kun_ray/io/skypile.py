@@ -17,7 +17,7 @@ class SkypileReader(CorpusReader):
     unit = "line"
 
     def records(self, stream: BinaryIO) -> Iterator[tuple[int, Any]]:
-        return json_lines(stream)
+        return json_lines(stream, self.max_record_bytes)
 
     def document(self, record: dict[str, Any]) -> Document:
         rest = dict(record)

@@ -144,6 +144,10 @@ class Engine:
             preprocess_map_kwargs={"num_cpus": self.config.cpu_stage_num_cpus},
             postprocess_map_kwargs={"num_cpus": self.config.cpu_stage_num_cpus},
         )
+        # Ray Data restarts a dead actor and retries its batches without limit by default, so an
+        # engine that dies on every start would hang the run: bound both.
+        limit = self.config.max_restarts
+        processor.get_stage_by_name("vLLMEngineStage").map_batches_kwargs.update(max_restarts=limit, max_task_retries=limit)
         return processor(stream).map_batches(conform, batch_format="pyarrow", num_cpus=self.config.cpu_stage_num_cpus, fn_kwargs={"schema": schema, "stage": self.task.name, "tokens": tokens_column(self.task)})
 
 
