@@ -148,6 +148,9 @@ class Engine:
         # engine that dies on every start would hang the run: bound both.
         limit = self.config.max_restarts
         processor.get_stage_by_name("vLLMEngineStage").map_batches_kwargs.update(max_restarts=limit, max_task_retries=limit)
+        # Blocks of one engine batch: the rows spread over every engine actor, and finished rows
+        # reach the writer (and their shards commit) batch by batch, not at the end of a big block.
+        stream = stream.repartition(target_num_rows_per_block=self.config.batch_size)
         return processor(stream).map_batches(conform, batch_format="pyarrow", num_cpus=self.config.cpu_stage_num_cpus, fn_kwargs={"schema": schema, "stage": self.task.name, "tokens": tokens_column(self.task)})
 
 

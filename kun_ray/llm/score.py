@@ -90,7 +90,7 @@ class ScoreTask:
 
     def parse(self, row: Mapping[str, Any], generated: str, top_logprobs: dict[str, float] | None) -> Parsed:
         if self.config.method == "logprobs":
-            raw = json.dumps(top_logprobs or {}, ensure_ascii=False)
+            raw = json.dumps(top_logprobs or {}, ensure_ascii=False, sort_keys=True)
             score = expected_value(top_logprobs or {}, self.values)
         else:
             raw = generated
