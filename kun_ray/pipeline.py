@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -44,6 +45,8 @@ from kun_ray.llm.polish import PolishTask
 from kun_ray.llm.score import ScoreTask
 from kun_ray.report import flow_report
 from kun_ray.run import MANIFEST, RunFolder, run_settings
+
+logger = logging.getLogger("kun_ray")
 
 LLM_TASKS = {"label": LabelTask, "score": ScoreTask, "polish": PolishTask}
 #: Where each LLM stage writes the rows it keeps.
@@ -168,9 +171,15 @@ class Run:
         return BlockWriter(self.folder.arrow_fs, self.folder.root.rstrip("/"), output, (tokens,) if tokens else ())
 
     def _account(self, ledger: Ledger, steps: list[str], extras: dict[str, dict[str, Any]], timing: dict[str, Any]) -> int:
-        self.stages.extend(flow_report(steps, ledger.tally(), extras))
+        stages = flow_report(steps, ledger.tally(), extras)
+        self.stages.extend(stages)
         self.flows[ledger.flow] = timing
-        return sum(ledger.kept().values())
+        kept = sum(ledger.kept().values())
+        logger.info(
+            "%s: %s in, %s kept, %s rejected; %d shards (%d done before), %.1f s this run",
+            ledger.flow, f"{stages[0]['in']:,}", f"{kept:,}", f"{stages[0]['in'] - kept:,}", timing["shards"], timing["shards_resumed"], timing["wall_s"],
+        )
+        return kept
 
     @staticmethod
     def _timing(ledger: Ledger, resumed: int, clock: float, done: ShardCommit) -> dict[str, Any]:
