@@ -88,12 +88,14 @@ def test_report_accounts_for_every_record(corpus, local_run):
     assert report["sources"]["skypile"]["files"] == 2
 
 
-def test_rerun_replaces_instead_of_appending(ray_cluster, corpus, local_run):
+def test_rerun_of_a_finished_run_redoes_nothing(ray_cluster, corpus, local_run):
     out, first = local_run
-    config = parse_config({"sources": corpus.sources(), "output": str(out)})
-    second = run(config)
-    assert [s["in"] for s in second["stages"]] == [s["in"] for s in first["stages"]]
-    assert len(read_local(out / "documents")) == first["stages"][0]["kept"]
+    files = sorted(p for p in out.rglob("*") if p.is_file() and p.name != "report.json")
+    second = run(parse_config({"sources": corpus.sources(), "output": str(out)}))
+    assert second["stages"] == first["stages"]
+    for flow in second["flows"].values():
+        assert flow["rows"] == 0 and flow["shards_resumed"] == flow["shards"]
+    assert sorted(p for p in out.rglob("*") if p.is_file() and p.name != "report.json") == files
 
 
 @pytest.fixture(scope="module")

@@ -75,10 +75,14 @@ def plan_inputs(config: RunConfig) -> list[InputFile]:
 
 
 def _record_text(record: Any) -> str:
+    """A record as text for its reject row, whatever it holds."""
     try:
         return orjson.dumps(record, default=str).decode()
     except (TypeError, orjson.JSONEncodeError):
-        return repr(record)
+        try:
+            return repr(record)[:100_000]
+        except RecursionError:
+            return f"<a {type(record).__name__} nested too deep to print>"
 
 
 def _text_problem(text: Any, max_bytes: int) -> RecordError | None:
@@ -88,7 +92,11 @@ def _text_problem(text: Any, max_bytes: int) -> RecordError | None:
         return RecordError("malformed_record", f"the text field is a {type(text).__name__}, not a string")
     if not text.strip():
         return RecordError("empty_text", "the text is empty")
-    if len(text) > max_bytes // 4 and (size := len(text.encode("utf-8", errors="replace"))) > max_bytes:
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as bad:
+        return RecordError("invalid_utf8", f"the text holds a lone surrogate at character {bad.start}")
+    if size > max_bytes:
         return RecordError("record_too_large", f"a text of {size:,} bytes, over read.max_record_bytes ({max_bytes:,})")
     return None
 
@@ -101,6 +109,12 @@ class _Rows:
 
     def document(self, doc: Document, fallback_id: str) -> dict[str, Any]:
         title = None if doc.title is None else str(doc.title)
+        for name, value in (("id", doc.doc_id), ("title", title)):
+            if value is not None and not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError as bad:
+                    raise RecordError("invalid_utf8", f"the {name} holds a lone surrogate at character {bad.start}") from None
         return self._row(doc.doc_id or fallback_id, doc.text, title, doc.meta, None, None)
 
     def reject(self, doc_id: str, error: RecordError, position: int | None, text: str | None = None) -> dict[str, Any]:
@@ -123,6 +137,25 @@ class _Rows:
         }
 
 
+def _record_row(reader: CorpusReader, rows: _Rows, record: Any, position: int, max_bytes: int) -> dict[str, Any]:
+    """One record's row: its document, or a reject with the reason.  Never raises."""
+    fallback_id = f"{rows.file.relpath}:{position}"
+    if isinstance(record, RecordError):
+        return rows.reject(fallback_id, record, position)
+    try:
+        if not isinstance(record, dict):
+            raise RecordError("malformed_record", f"expected a JSON object, found a {type(record).__name__}")
+        doc = reader.document(record)
+        if problem := _text_problem(doc.text, max_bytes):
+            return rows.reject(doc.doc_id or fallback_id, problem, position)
+        return rows.document(doc, fallback_id)
+    except RecordError as error:
+        return rows.reject(fallback_id, error, position, text=_record_text(record))
+    except Exception as error:  # a record its reader cannot take apart (nested too deep for JSON, ...)
+        failure = RecordError("malformed_record", f"{type(error).__name__}: {one_line(error)}")
+        return rows.reject(fallback_id, failure, position, text=_record_text(record))
+
+
 def read_file(file: InputFile, source: SourceConfig, storage: StorageOptions, options: ReadConfig = ReadConfig()) -> Iterator[dict[str, Any]]:
     """Stream rows out of one file: a document per good record, a reject row per bad one.
 
@@ -135,23 +168,7 @@ def read_file(file: InputFile, source: SourceConfig, storage: StorageOptions, op
         fs, path = url_to_fs(file.url, storage)
         with fs.open(path, "rb", compression=reader.compression) as stream:
             for position, record in reader.records(stream):
-                fallback_id = f"{file.relpath}:{position}"
-                if isinstance(record, RecordError):
-                    yield rows.reject(fallback_id, record, position)
-                    continue
-                if not isinstance(record, dict):
-                    error = RecordError("malformed_record", f"expected a JSON object, found a {type(record).__name__}")
-                    yield rows.reject(fallback_id, error, position, text=_record_text(record))
-                    continue
-                try:
-                    doc = reader.document(record)
-                except RecordError as error:
-                    yield rows.reject(fallback_id, error, position, text=_record_text(record))
-                    continue
-                if problem := _text_problem(doc.text, options.max_record_bytes):
-                    yield rows.reject(doc.doc_id or fallback_id, problem, position)
-                else:
-                    yield rows.document(doc, fallback_id)
+                yield _record_row(reader, rows, record, position, options.max_record_bytes)
     except Exception as error:  # the file's boundary: whatever broke it becomes its reject
         failure = RecordError("unreadable_file", f"{type(error).__name__}: {one_line(error)}")
         yield rows.reject(file.relpath, failure, None)
