@@ -9,11 +9,13 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 
 from kun_ray.config import ConfigError, RunConfig, load_config
 from kun_ray.io.read import InputFile, plan_inputs
 from kun_ray.pipeline import llm_tasks, run
 from kun_ray.run import RunFolder, run_settings
+from kun_ray.secrets import RedactingFilter, redact
 
 
 def _connect_ray() -> None:
@@ -44,6 +46,7 @@ def _log_to_stderr() -> None:
     """kun-ray's own progress lines (one per stage every 30 s, see kun_ray/ledger.py) on stderr."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("kun-ray: %(message)s"))
+    handler.addFilter(RedactingFilter())
     logger = logging.getLogger("kun_ray")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
@@ -89,8 +92,11 @@ def main(argv: list[str] | None = None) -> int:
             return _validate(config, inputs)
         return _run(config, inputs, progress=not args.no_progress, fresh=args.fresh, force=args.force)
     except ConfigError as error:
-        print(f"kun-ray: config error: {error}", file=sys.stderr)
+        print(f"kun-ray: config error: {redact(str(error))}", file=sys.stderr)
         return 2
+    except Exception:  # a failed run: its traceback, with any secret a library quoted masked
+        print(redact(traceback.format_exc()), file=sys.stderr, end="")
+        return 1
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ from pydantic import (
     model_validator,
 )
 
+from kun_ray.secrets import is_secret_name
+
 
 class ConfigError(Exception):
     """A config that cannot run. Its message is one line naming the key or path at fault."""
@@ -208,6 +210,14 @@ class LLMStageConfig(StrictModel):
     #: Restarts of an engine actor that died (a lost spot node, an out-of-memory kill), and retries
     #: of a batch on it, before the stage fails: bounded, so an engine that cannot start stops the run.
     max_restarts: int = Field(default=3, ge=0)
+
+    @field_validator("env")
+    @classmethod
+    def _no_secrets(cls, env: dict[str, str]) -> dict[str, str]:
+        for name in env:
+            if is_secret_name(name):
+                raise ValueError(f"{name} looks like a credential: set it in the cluster's environment, not in the config")
+        return env
 
     @field_validator("concurrency")
     @classmethod

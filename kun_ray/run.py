@@ -37,6 +37,7 @@ from kun_ray.config import ConfigError, RunConfig
 from kun_ray.io.read import InputFile
 from kun_ray.io.records import REJECT_FIELDS
 from kun_ray.io.storage import is_local, pyarrow_filesystem, url_to_fs
+from kun_ray.secrets import redact
 
 MANIFEST = "manifest.json"
 #: What a run folder holds: what --fresh removes, and nothing else.
@@ -138,7 +139,7 @@ class RunFolder:
 
     def write_json(self, name: str, payload: dict[str, Any]) -> None:
         """Write a JSON file atomically: a reader (or a resumed run) sees all of it or none."""
-        data = json.dumps(payload, ensure_ascii=False, indent=2).encode("utf-8")
+        data = redact(json.dumps(payload, ensure_ascii=False, indent=2)).encode("utf-8")
         path = self.path(name)
         if is_local(self.fs):
             self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)

@@ -126,3 +126,27 @@ def test_cli_bad_prompt_file_exits_2_before_any_work(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == f"kun-ray: config error: {config}: label.prompt_file: unknown template field(s) ['txt']; this stage fills ['text']"
     assert not (tmp_path / "out").exists()
+
+
+def test_a_credential_in_an_engine_env_is_refused(tmp_path):
+    path = write(tmp_path, MINIMAL + "label: {model: m, env: {HF_TOKEN: hf_abc}}\n")
+    with pytest.raises(ConfigError, match=r"label\.env: .*HF_TOKEN looks like a credential: set it in the cluster's environment"):
+        load_config(path)
+
+
+def test_secret_values_are_masked_in_details_logs_and_json(monkeypatch, caplog):
+    import logging
+
+    from kun_ray.io.records import one_line
+    from kun_ray.secrets import RedactingFilter, redact
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI-fake-7f3a")
+    monkeypatch.setenv("MY_SERVICE_TOKEN", "tok-0123456789")
+    monkeypatch.setenv("PATH_LIKE", "not-a-secret-value")
+    assert one_line("signature for wJalrXUtnFEMI-fake-7f3a\nfailed") == "signature for *** failed"
+    assert redact("a tok-0123456789 and not-a-secret-value") == "a *** and not-a-secret-value"
+    logger = logging.getLogger("kun_ray.test")
+    logger.addFilter(RedactingFilter())
+    with caplog.at_level(logging.INFO, logger="kun_ray.test"):
+        logger.info("key %s", "wJalrXUtnFEMI-fake-7f3a")
+    assert caplog.messages == ["key ***"]

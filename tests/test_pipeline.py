@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import os
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
@@ -174,3 +177,36 @@ def test_storage_options_reach_s3fs(s3, s3_corpus):
     anonymous = parse_config({"sources": [{**source, "storage": {**s3.storage(), "anonymous": True}}], "output": "/tmp/unused"})
     with pytest.raises(ConfigError, match=r"sources\[0\]\.paths\[0\]: cannot list"):
         plan_inputs(anonymous)
+
+
+def test_secrets_appear_nowhere_a_run_writes_or_prints(s3, s3_corpus, corpus, tmp_path):
+    """A CLI run on its own Ray, S3 to S3, with credentials in the environment: search the run
+    folder, Ray's whole session folder (every log) and everything printed; then a failing run."""
+    fake_token = "hf_KUNRAYfakeSECRET0123456789"
+    secrets = [S3_KEY.encode(), S3_SECRET.encode(), fake_token.encode()]
+    ray_tmp = Path(tempfile.mkdtemp(prefix="kr-", dir="/tmp"))  # short: Ray's socket paths live here
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_TMPDIR=str(ray_tmp), HF_TOKEN=fake_token)
+
+    def cli(output: str | dict) -> subprocess.CompletedProcess:
+        config = tmp_path / "run.yaml"
+        config.write_text(yaml.safe_dump({"sources": corpus.sources(s3_corpus), "output": output, "storage": s3.storage()}))
+        return subprocess.run([sys.executable, "-m", "kun_ray.cli", "run", "--no-progress", str(config)], capture_output=True, text=True, timeout=300, env=env)
+
+    try:
+        done = cli("s3://runs/secrets")
+        assert done.returncode == 0, done.stderr[-3000:]
+        failed = cli({"path": "s3://runs/unreachable", "storage": {"endpoint_url": "http://127.0.0.1:9"}})  # nothing listens
+        assert failed.returncode == 1 and "Traceback" in failed.stderr and "127.0.0.1:9" in failed.stderr, failed.stderr[-3000:]
+        fs = s3.fs()
+        fs.invalidate_cache()
+        written = {path: fs.cat(path) for path in fs.find("runs/secrets")}
+        assert {"runs/secrets/report.json", "runs/secrets/manifest.json"} <= set(written)
+        logs = {str(p): p.read_bytes() for p in ray_tmp.rglob("*") if p.is_file() and not p.is_symlink()}
+        assert any("/logs/" in p for p in logs)
+        printed = {"stdout": done.stdout.encode(), "stderr": done.stderr.encode(), "failed": (failed.stdout + failed.stderr).encode()}
+        for where, data in {**written, **logs, **printed}.items():
+            for secret in secrets:
+                assert secret not in data, f"{secret!r} in {where}"
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)

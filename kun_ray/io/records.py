@@ -14,6 +14,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from kun_ray.secrets import redact
+
 DOCUMENT_SCHEMA = pa.schema(
     [
         ("doc_id", pa.string()),
@@ -72,8 +74,8 @@ class Document:
 
 
 def one_line(text: str, limit: int = 500) -> str:
-    """Messages go into a single-line `detail`: newlines folded, length capped."""
-    flat = " ".join(str(text).split())
+    """Messages go into a single-line `detail`: newlines folded, secrets masked, length capped."""
+    flat = redact(" ".join(str(text).split()))
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 

@@ -24,6 +24,7 @@ from kun_ray.config import ConfigError, LLMStageConfig, StorageOptions
 from kun_ray.io.fetch import load_tokenizer, loaded_once
 from kun_ray.io.records import REJECT_COLUMNS, column_or_nulls
 from kun_ray.llm.task import Task
+from kun_ray.secrets import MASK, secret_values
 
 ERROR_COLUMN = "__inference_error__"
 ARROW_TYPES = {"string": pa.string(), "large_string": pa.large_string(), "double": pa.float64(), "int64": pa.int64()}
@@ -163,6 +164,8 @@ def conform(batch: pa.Table, schema: pa.Schema, stage: str, tokens: str) -> pa.T
     columns = {f.name: column_or_nulls(batch, f.name, f.type) for f in schema}
     if ERROR_COLUMN in batch.column_names:
         errors = pc.fill_null(batch[ERROR_COLUMN].cast(pa.large_string()), "")
+        for secret in secret_values():
+            errors = pc.replace_substring(errors, secret, MASK)
         failed = pc.not_equal(errors, "")
         columns["reject_stage"] = pc.if_else(failed, pa.scalar(stage, pa.string()), columns["reject_stage"])
         columns["reject_reason"] = pc.if_else(failed, pa.scalar("inference_error", pa.string()), columns["reject_reason"])
