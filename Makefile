@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: $(VENV)/.installed
 	$(BIN)/python -m kun_ray.smoke_models jobs/demo.yaml runs/smoke-models
-	$(BIN)/kun-ray run jobs/demo.yaml
+	$(BIN)/kun-ray run --fresh jobs/demo.yaml
 	@echo
 	@echo "Read it back: runs/demo/{documents,filtered,clean,labeled,scored,polished,final}/ and runs/demo/rejects/ (Parquet),"
 	@echo "runs/demo/export/{alpaca,messages}/ (JSONL), runs/demo/report.json. The smoke-test models write gibberish."

@@ -54,7 +54,7 @@ def _log_to_stderr() -> None:
 
 
 def _run(config: RunConfig, inputs: list[InputFile], progress: bool, fresh: bool, force: bool) -> int:
-    from kun_ray.report import format_table
+    from kun_ray.report import format_flows, format_table
 
     if not fresh:  # before Ray starts: a run folder of another config stops here
         RunFolder(config).check(run_settings(config, inputs), force)
@@ -65,6 +65,8 @@ def _run(config: RunConfig, inputs: list[InputFile], progress: bool, fresh: bool
     ray.data.DataContext.get_current().enable_progress_bars = progress
     report = run(config, inputs, fresh=fresh, force=force)
     print(format_table(report))
+    print()
+    print(format_flows(report))
     print(f"\nrun folder: {report['output']}  ({report['wall_s']:.1f} s)")
     return 0
 

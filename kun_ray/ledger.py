@@ -91,26 +91,52 @@ class BlockWriter:
             return {shards[0]: self._write_shard(batch)}
         return {shard: self._write_shard(batch.filter(pc.equal(batch["shard"], shard))) for shard in shards}
 
-    def _write_shard(self, rows: pa.Table) -> dict[str, Any]:
+    def write_shard(self, blocks: Iterable[pa.Table]) -> dict[str, Any]:
+        """Write all of one shard's blocks as one Parquet file per folder, a row group per block
+        (the read flow, which sees a whole file in one task); the shard's part."""
         name = f"{uuid.uuid4().hex}.parquet"
+        writers: dict[str, pq.ParquetWriter] = {}
+        commit = ShardCommit()
+        try:
+            for block in blocks:
+                for relpath, table in self._split(block, name):
+                    if relpath not in writers:
+                        writers[relpath] = pq.ParquetWriter(self._target(relpath), table.schema, filesystem=self.arrow_fs)
+                    writers[relpath].write_table(table)
+                commit.add(self._counts(block))
+        finally:
+            for writer in writers.values():
+                writer.close()
+        return {**commit.to_json(), "files": sorted(writers)}
+
+    def _write_shard(self, rows: pa.Table) -> dict[str, Any]:
         files = []
+        for relpath, table in self._split(rows, f"{uuid.uuid4().hex}.parquet"):
+            pq.write_table(table, self._target(relpath), filesystem=self.arrow_fs)
+            files.append(relpath)
+        return {**self._counts(rows), "files": files}
+
+    def _split(self, rows: pa.Table, name: str) -> list[tuple[str, pa.Table]]:
+        """The rows kept, to the flow's output, and each stage's rejects, to rejects/<stage>/, as files named `name`."""
         live = pc.is_null(rows["reject_reason"])
         kept = rows.filter(live)
-        if kept.num_rows:
-            files.append(self._write(kept.drop_columns(REJECT_COLUMNS), f"{self.output}/{name}"))
+        tables = [(f"{self.output}/{name}", kept.drop_columns(REJECT_COLUMNS))] if kept.num_rows else []
         rejected = rows.filter(pc.invert(live))
         for stage in pc.unique(rejected["reject_stage"]).to_pylist():
-            files.append(self._write(as_rejects(rejected.filter(pc.equal(rejected["reject_stage"], stage))), f"rejects/{stage}/{name}"))
+            tables.append((f"rejects/{stage}/{name}", as_rejects(rejected.filter(pc.equal(rejected["reject_stage"], stage)))))
+        return tables
+
+    def _counts(self, rows: pa.Table) -> dict[str, Any]:
         groups = rows.group_by(TALLY_COLUMNS, use_threads=False).aggregate([([], "count_all")])
         tally = [[g["reject_stage"], g["source"], g["reject_reason"], g["count_all"]] for g in groups.to_pylist()]
         sums = {column: int(pc.sum(rows[column]).as_py() or 0) for column in self.sums}
-        return {"rows": rows.num_rows, "files": files, "tally": tally, "sums": sums}
+        return {"rows": rows.num_rows, "files": [], "tally": tally, "sums": sums}
 
-    def _write(self, table: pa.Table, relpath: str) -> str:
-        folder, _ = f"{self.root}/{relpath}".rsplit("/", 1)
-        self.arrow_fs.create_dir(folder, recursive=True)
-        pq.write_table(table, f"{self.root}/{relpath}", filesystem=self.arrow_fs)
-        return relpath
+    def _target(self, relpath: str) -> str:
+        """The full path of a file to write, its folder made."""
+        path = f"{self.root}/{relpath}"
+        self.arrow_fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        return path
 
 
 def as_rejects(batch: pa.Table) -> pa.Table:

@@ -149,11 +149,8 @@ def _read_and_write(batch: pa.Table, config: RunConfig, writer: BlockWriter) -> 
     """The read flow's task: read a file and write its rows as it goes; one part per file, at its end."""
     for item in batch.to_pylist():
         file = InputFile(**item)
-        commit = ShardCommit()
-        for block in file_blocks(file, config):
-            for part in writer.write(block).values():
-                commit.add(part)
-        yield pa.table({"parts": [json.dumps({file.shard: {**commit.to_json(), "total": commit.rows}})]})
+        part = writer.write_shard(file_blocks(file, config))
+        yield pa.table({"parts": [json.dumps({file.shard: {**part, "total": part["rows"]}})]})
 
 
 class Run:
@@ -170,7 +167,8 @@ class Run:
     def _writer(self, output: str, tokens: str | None = None) -> BlockWriter:
         return BlockWriter(self.folder.arrow_fs, self.folder.root.rstrip("/"), output, (tokens,) if tokens else ())
 
-    def _account(self, ledger: Ledger, steps: list[str], extras: dict[str, dict[str, Any]], timing: dict[str, Any]) -> int:
+    def _account(self, ledger: Ledger, steps: list[str], extras: dict[str, dict[str, Any]], timing: dict[str, Any]) -> Ledger:
+        """Add a flow's stages and timing to the report; the flow's ledger, for the flow after it."""
         stages = flow_report(steps, ledger.tally(), extras)
         self.stages.extend(stages)
         self.flows[ledger.flow] = timing
@@ -179,14 +177,14 @@ class Run:
             "%s: %s in, %s kept, %s rejected; %d shards (%d done before), %.1f s this run",
             ledger.flow, f"{stages[0]['in']:,}", f"{kept:,}", f"{stages[0]['in'] - kept:,}", timing["shards"], timing["shards_resumed"], timing["wall_s"],
         )
-        return kept
+        return ledger
 
     @staticmethod
     def _timing(ledger: Ledger, resumed: int, clock: float, done: ShardCommit) -> dict[str, Any]:
         wall = time.monotonic() - clock
         return {"shards": len(ledger.shards), "shards_resumed": resumed, "rows": done.rows, "wall_s": round(wall, 3), "rows_per_s": round(done.rows / wall, 1) if wall else None}
 
-    def read(self) -> int:
+    def read(self) -> Ledger:
         ledger = Ledger(self.folder, "read")
         pending = [f for f in self.inputs if f.shard not in ledger.shards]
         resumed, clock, done = len(ledger.shards), time.monotonic(), ShardCommit()
@@ -200,7 +198,7 @@ class Run:
             ledger.collect_garbage(["documents", "rejects/read"])
         return self._account(ledger, ["read"], {"read": {"files": len(self.inputs)}}, self._timing(ledger, resumed, clock, done))
 
-    def row_flow(self, flow: str, upstream: Ledger, source: str, output: str, steps: list[Step], extras: dict[str, dict[str, Any]], tokens: str | None = None) -> int:
+    def row_flow(self, flow: str, upstream: Ledger, source: str, output: str, steps: list[Step], extras: dict[str, dict[str, Any]], tokens: str | None = None) -> Ledger:
         """A flow whose rows are independent of each other: shards commit one by one."""
         ledger = Ledger(self.folder, flow)
         pending = {shard: kept for shard, kept in upstream.kept().items() if kept and shard not in ledger.shards}
@@ -219,7 +217,7 @@ class Run:
             extras[flow] = {**extras.get(flow, {}), "generated_tokens": total, "generated_tokens_per_s": round(done.sums[tokens] / wall, 1) if wall and pending else None}
         return self._account(ledger, [name for name, _ in steps], extras, self._timing(ledger, resumed, clock, done))
 
-    def whole_flow(self, flow: str, upstream: Ledger, source: str, output: str, steps: list[Step], after: Callable[[list[str]], None] | None = None) -> int:
+    def whole_flow(self, flow: str, upstream: Ledger, source: str, output: str, steps: list[Step], after: Callable[[list[str]], None] | None = None) -> Ledger:
         """A flow whose rows depend on each other (dedup): all of it runs, then commits, or none does.
 
         `after` gets the files of the flow's output before the commit (the export of final/).
@@ -240,7 +238,7 @@ class Run:
             ledger.collect_garbage(folders)
         return self._account(ledger, [name for name, _ in steps], {}, self._timing(ledger, resumed, clock, done))
 
-    def filter(self, upstream: Ledger) -> int:
+    def filter(self, upstream: Ledger) -> Ledger:
         extras: dict[str, dict[str, Any]] = {}
         cut = None
         if self.config.perplexity.enabled:
@@ -277,21 +275,20 @@ def run(config: RunConfig, inputs: list[InputFile] | None = None, fresh: bool = 
     job = Run(config, inputs, fresh, force)
     folder = job.folder
 
-    kept = job.read()
-    previous, source = Ledger(folder, "read"), "documents"
-    if kept:
-        kept = job.filter(previous)
-        previous, source = Ledger(folder, "filter"), "filtered"
-    if kept:
-        kept = job.whole_flow("dedup", previous, source, "clean", dedup_steps(config))
-        previous, source = Ledger(folder, "dedup"), "clean"
+    def kept(ledger: Ledger) -> bool:
+        return any(ledger.kept().values())
+
+    previous, source = job.read(), "documents"
+    if kept(previous):
+        previous, source = job.filter(previous), "filtered"
+    if kept(previous):
+        previous, source = job.whole_flow("dedup", previous, source, "clean", dedup_steps(config)), "clean"
     for name, engine in engines.items():
-        if not kept:
+        if not kept(previous):
             break
         output = LLM_OUTPUTS[name]
-        kept = job.row_flow(name, previous, source, output, [(name, engine.run)], {name: {"model": engine.config.model}}, tokens_column(engine.task))
-        previous, source = Ledger(folder, name), output
-    if kept and engines and config.final.enabled:
+        previous, source = job.row_flow(name, previous, source, output, [(name, engine.run)], {name: {"model": engine.config.model}}, tokens_column(engine.task)), output
+    if kept(previous) and engines and config.final.enabled:
         job.whole_flow("final", previous, source, "final", final_steps(config), after=lambda files: export_final(folder, config, files))
 
     report = {

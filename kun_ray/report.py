@@ -39,6 +39,25 @@ def _reasons(counts: dict[str, Any], limit: int = 3) -> str:
     return text + (f", +{len(items) - limit} more" if len(items) > limit else "")
 
 
+def _aligned(rows: list[tuple[str, ...]], left: int) -> str:
+    """Rows as columns: the first `left` aligned left, the others right, the last left as it is."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = []
+    for r in rows:
+        cells = [c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        lines.append("  ".join([*cells, r[-1]]).rstrip())
+    return "\n".join(lines)
+
+
+def format_flows(report: dict[str, Any]) -> str:
+    """Each flow of this invocation: shards done before, rows it processed, its wall time and throughput."""
+    rows = [("flow", "shards", "resumed", "rows", "wall s", "rows/s", "")]
+    for name, flow in report["flows"].items():
+        rate = "" if flow["rows_per_s"] is None else f"{flow['rows_per_s']:,.1f}"
+        rows.append((name, str(flow["shards"]), str(flow["shards_resumed"]), f"{flow['rows']:,}", f"{flow['wall_s']:.1f}", rate, ""))
+    return _aligned(rows, 1)
+
+
 def format_table(report: dict[str, Any], per_source: bool = True) -> str:
     """The funnel as a plain-text table: each stage, then the sources it rejected rows of."""
     rows = [("stage", "source", "in", "kept", "rejected", "top reasons")]
@@ -49,9 +68,4 @@ def format_table(report: dict[str, Any], per_source: bool = True) -> str:
                 if not counts["rejected"]:
                     continue
                 rows.append(("", source, str(counts["in"]), str(counts["kept"]), str(counts["rejected"]), _reasons(counts)))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    lines = []
-    for r in rows:
-        cells = [c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))]
-        lines.append("  ".join([*cells, r[-1]]).rstrip())
-    return "\n".join(lines)
+    return _aligned(rows, 2)

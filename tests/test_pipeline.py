@@ -164,6 +164,10 @@ def test_cli_run_joins_the_cluster_in_ray_address_and_prints_the_table(ray_clust
     assert header.split()[:5] == ["stage", "source", "in", "kept", "rejected"]
     assert total.split()[:5] == ["read", "(all)", str(read["in"]), str(read["kept"]), str(read["rejected"])]
     assert f"kun-ray: Ray cluster at {ray_cluster} (2 CPUs" in result.stderr
+    flows = result.stdout.split("\n\n")[1].splitlines()
+    assert flows[0].split() == ["flow", "shards", "resumed", "rows", "wall", "s", "rows/s"]
+    assert flows[1].split()[:4] == ["read", str(report["flows"]["read"]["shards"]), "0", str(read["in"])]
+    assert f"kun-ray: read: {read['in']:,} in, {read['kept']:,} kept, {read['rejected']:,} rejected;" in result.stderr
 
 
 def test_storage_options_reach_s3fs(s3, s3_corpus):
