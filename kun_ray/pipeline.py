@@ -169,7 +169,7 @@ class Run:
 
     def _account(self, ledger: Ledger, steps: list[str], extras: dict[str, dict[str, Any]], timing: dict[str, Any]) -> Ledger:
         """Add a flow's stages and timing to the report; the flow's ledger, for the flow after it."""
-        stages = flow_report(steps, ledger.tally(), extras)
+        stages = [{**stage, "flow": ledger.flow} for stage in flow_report(steps, ledger.tally(), extras)]
         self.stages.extend(stages)
         self.flows[ledger.flow] = timing
         kept = sum(ledger.kept().values())

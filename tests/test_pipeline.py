@@ -98,6 +98,7 @@ def test_rerun_of_a_finished_run_redoes_nothing(ray_cluster, corpus, local_run):
     assert second["stages"] == first["stages"]
     for flow in second["flows"].values():
         assert flow["rows"] == 0 and flow["shards_resumed"] == flow["shards"]
+    assert [(s["stage"], s["flow"]) for s in second["stages"]][:3] == [("read", "read"), ("normalize", "filter"), ("length", "filter")]
     assert sorted(p for p in out.rglob("*") if p.is_file() and p.name != "report.json") == files
 
 
