@@ -213,8 +213,7 @@ class Ledger:
         """Delete the files in `folders` that no commit names (a crashed or retried write's); how many."""
         named = {f for commit in self.shards.values() for f in commit.files}
         stray = [f for folder in folders for f in self.folder.list_files(folder) if f not in named]
-        for relpath in stray:
-            self.folder.remove(relpath)
+        self.folder.remove_files(stray)
         if stray:
             logger.info("%s: removed %d uncommitted files of an earlier attempt", self.flow, len(stray))
         return len(stray)

@@ -107,6 +107,11 @@ class RunFolder:
         if self.exists(relpath):
             self.fs.rm(self.path(relpath), recursive=True)
 
+    def remove_files(self, relpaths: list[str]) -> None:
+        """Delete files known to exist (just listed): one bulk delete on object storage."""
+        if relpaths:
+            self.fs.rm([self.path(p) for p in relpaths])
+
     def list_names(self, relpath: str) -> list[str]:
         """Names in a folder (empty when it does not exist)."""
         path = self.path(relpath)
