@@ -85,6 +85,14 @@ def _record_text(record: Any) -> str:
             return f"<a {type(record).__name__} nested too deep to print>"
 
 
+def _utf8_size(name: str, value: str) -> int | RecordError:
+    """A string's size in UTF-8, or the record's reject when it cannot be written so (a lone surrogate)."""
+    try:
+        return len(value.encode("utf-8"))
+    except UnicodeEncodeError as bad:
+        return RecordError("invalid_utf8", f"the {name} holds a lone surrogate at character {bad.start}")
+
+
 def _text_problem(text: Any, max_bytes: int) -> RecordError | None:
     if text is None:
         return RecordError("missing_text", "the text field is null")
@@ -92,10 +100,8 @@ def _text_problem(text: Any, max_bytes: int) -> RecordError | None:
         return RecordError("malformed_record", f"the text field is a {type(text).__name__}, not a string")
     if not text.strip():
         return RecordError("empty_text", "the text is empty")
-    try:
-        size = len(text.encode("utf-8"))
-    except UnicodeEncodeError as bad:
-        return RecordError("invalid_utf8", f"the text holds a lone surrogate at character {bad.start}")
+    if isinstance(size := _utf8_size("text", text), RecordError):
+        return size
     if size > max_bytes:
         return RecordError("record_too_large", f"a text of {size:,} bytes, over read.max_record_bytes ({max_bytes:,})")
     return None
@@ -110,11 +116,8 @@ class _Rows:
     def document(self, doc: Document, fallback_id: str) -> dict[str, Any]:
         title = None if doc.title is None else str(doc.title)
         for name, value in (("id", doc.doc_id), ("title", title)):
-            if value is not None and not value.isascii():
-                try:
-                    value.encode("utf-8")
-                except UnicodeEncodeError as bad:
-                    raise RecordError("invalid_utf8", f"the {name} holds a lone surrogate at character {bad.start}") from None
+            if value is not None and isinstance(problem := _utf8_size(name, value), RecordError):
+                raise problem
         return self._row(doc.doc_id or fallback_id, doc.text, title, doc.meta, None, None)
 
     def reject(self, doc_id: str, error: RecordError, position: int | None, text: str | None = None) -> dict[str, Any]:
