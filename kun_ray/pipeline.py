@@ -211,11 +211,11 @@ class Run:
                 stream = step(stream)
             _, done = drain(_written(stream, self._writer(output, tokens)), ledger, pending, len(pending))
             ledger.collect_garbage(folders)
+        timing = self._timing(ledger, resumed, clock, done)
         if tokens:
-            total = ledger.sums()[tokens]
-            wall = time.monotonic() - clock
-            extras[flow] = {**extras.get(flow, {}), "generated_tokens": total, "generated_tokens_per_s": round(done.sums[tokens] / wall, 1) if wall and pending else None}
-        return self._account(ledger, [name for name, _ in steps], extras, self._timing(ledger, resumed, clock, done))
+            rate = round(done.sums[tokens] / timing["wall_s"], 1) if timing["wall_s"] and pending else None
+            extras[flow] = {**extras.get(flow, {}), "generated_tokens": ledger.sums()[tokens], "generated_tokens_per_s": rate}
+        return self._account(ledger, [name for name, _ in steps], extras, timing)
 
     def whole_flow(self, flow: str, upstream: Ledger, source: str, output: str, steps: list[Step], after: Callable[[list[str]], None] | None = None) -> Ledger:
         """A flow whose rows depend on each other (dedup): all of it runs, then commits, or none does.
