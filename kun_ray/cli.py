@@ -71,20 +71,95 @@ def _run(config: RunConfig, inputs: list[InputFile], progress: bool, fresh: bool
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _submit(args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from kun_ray.jobs import Jobs, pack
+
+    jobs = Jobs(args.address)  # before packing: an unreachable cluster fails fast
+    with tempfile.TemporaryDirectory(prefix="kun-ray-job-") as folder:
+        job = pack(args.config, args.set, Path(folder))
+        job_id = jobs.submit(job, deps=not args.no_deps, fresh=args.fresh, force=args.force)
+    for note in job.notes:
+        print(f"kun-ray: note: {note}", file=sys.stderr)
+    print(job_id)
+    address = f" --address {jobs.address}" if args.address else ""
+    if not args.wait:
+        print(f"kun-ray: submitted to {jobs.address}; follow it with: kun-ray jobs logs {job_id} --follow{address}", file=sys.stderr)
+        return 0
+    status = jobs.follow(job_id)
+    print(f"kun-ray: {job_id}: {status}", file=sys.stderr)
+    return 0 if status == "SUCCEEDED" else 1
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    from kun_ray.jobs import Jobs
+
+    jobs = Jobs(args.address)
+    if args.action == "list":
+        for job in jobs.list():
+            print(f"{job.submission_id}  {job.status:<9}  {job.metadata.get('kun_ray_config')}  -> {job.metadata.get('kun_ray_output')}")
+    elif args.action == "status":
+        info = jobs.status(args.job_id)
+        print(f"{args.job_id}: {info.status}" + (f" ({info.message})" if info.message else ""))
+    elif args.action == "logs":
+        if args.follow:
+            jobs.follow(args.job_id)
+        else:
+            print(jobs.logs(args.job_id), end="")
+    elif args.action == "stop":
+        stopped = jobs.stop(args.job_id)
+        status = jobs.wait(args.job_id, timeout_s=120) if args.wait else jobs.status(args.job_id).status
+        print(f"{args.job_id}: {'stop requested' if stopped else 'already ended'}, {status}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kun-ray", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    run_cmd = commands.add_parser("run", help="run a config's stages on Ray and write its run folder")
+    overrides = argparse.ArgumentParser(add_help=False)
+    overrides.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (dotted, e.g. label.batch_size=8; the value is YAML); repeatable")
+    resume = argparse.ArgumentParser(add_help=False)
+    resume.add_argument("--fresh", action="store_true", help="start over: remove what an earlier run wrote to the output first")
+    resume.add_argument("--force", action="store_true", help="resume a run folder written by a changed config (finished shards stay as they are)")
+    address = argparse.ArgumentParser(add_help=False)
+    address.add_argument("--address", help="the cluster's job server, http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS, $RAY_ADDRESS, or a local Ray)")
+
+    run_cmd = commands.add_parser("run", parents=[overrides, resume], help="run a config's stages on Ray and write its run folder")
     run_cmd.add_argument("config", help="the run's YAML config")
     run_cmd.add_argument("--no-progress", action="store_true", help="hide Ray Data's progress bars")
-    run_cmd.add_argument("--fresh", action="store_true", help="start over: remove what an earlier run wrote to the output first")
-    run_cmd.add_argument("--force", action="store_true", help="resume a run folder written by a changed config (finished shards stay as they are)")
-    validate_cmd = commands.add_parser("validate", help="check a config and list its input files, without running it")
+    validate_cmd = commands.add_parser("validate", parents=[overrides], help="check a config and list its input files, without running it")
     validate_cmd.add_argument("config", help="the run's YAML config")
-    args = parser.parse_args(argv)
+
+    submit_cmd = commands.add_parser("submit", parents=[overrides, resume, address], help="run a config as a Ray job on a cluster; prints the job id")
+    submit_cmd.add_argument("config", help="the run's YAML config; local files it names by relative paths go with the job")
+    submit_cmd.add_argument("--no-deps", action="store_true", help="do not pip-install kun-ray's dependencies into the job's environment (the cluster's image has them)")
+    submit_cmd.add_argument("--wait", action="store_true", help="print the job's log until it ends; exit 0 only if it succeeded")
+
+    jobs_cmd = commands.add_parser("jobs", help="follow the Ray jobs of a cluster")
+    actions = jobs_cmd.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", parents=[address], help="kun-ray's jobs on the cluster")
+    for name, text in (("status", "a job's status"), ("logs", "a job's log"), ("stop", "stop a job")):
+        action = actions.add_parser(name, parents=[address], help=text)
+        action.add_argument("job_id", help="the id `kun-ray submit` printed")
+        if name == "logs":
+            action.add_argument("--follow", action="store_true", help="keep printing until the job ends")
+        if name == "stop":
+            action.add_argument("--wait", action="store_true", help="wait until the job has stopped")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from kun_ray.jobs import JobError
 
     try:
-        config = load_config(args.config)
+        if args.command == "submit":
+            return _submit(args)
+        if args.command == "jobs":
+            return _jobs(args)
+        config = load_config(args.config, args.set)
         try:  # before Ray starts: a glob that matches nothing, a bad prompt file, stop here
             inputs = plan_inputs(config)
             llm_tasks(config)
@@ -96,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"kun-ray: config error: {redact(str(error))}", file=sys.stderr)
         return 2
+    except JobError as error:
+        print(f"kun-ray: {redact(str(error))}", file=sys.stderr)
+        return 1
     except Exception:  # a failed run: its traceback, with any secret a library quoted masked
         print(redact(traceback.format_exc()), file=sys.stderr, end="")
         return 1

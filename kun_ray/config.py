@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -17,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -297,6 +299,12 @@ class RunConfig(StrictModel):
     score: ScoreConfig = ScoreConfig(enabled=False)
     polish: PolishConfig = PolishConfig(enabled=False)
     final: FinalConfig = FinalConfig()
+    #: The folder local paths are relative to (the config file's): where the config was written.
+    _base: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @property
+    def base(self) -> Path:
+        return self._base
 
     @field_validator("output", mode="before")
     @classmethod
@@ -340,8 +348,9 @@ def _resolve_local(path: str, base: Path) -> str:
     """Local paths are relative to the config file's folder, so a config runs from anywhere."""
     if not _is_local(path):
         return path
-    plain = path.removeprefix("file://")
-    return str((base / os.path.expanduser(plain)).resolve()) if not os.path.isabs(plain) else plain
+    plain = os.path.expanduser(path.removeprefix("file://"))
+    # Lexical, not resolved: a path through a symlink stays the path the config names.
+    return os.path.normpath(os.path.join(base, plain)) if not os.path.isabs(plain) else plain
 
 
 def _location(loc: tuple[Any, ...]) -> str:
@@ -397,6 +406,7 @@ def parse_config(data: Any, base: Path = Path.cwd()) -> RunConfig:
         config = RunConfig.model_validate(data)
     except ValidationError as error:
         raise ConfigError(_one_line(error)) from None
+    config._base = Path(os.path.abspath(base))
     for source in config.sources:
         source.paths = [_resolve_local(p, base) for p in source.paths]
     config.output.path = _resolve_local(config.output.path, base)
@@ -419,11 +429,11 @@ def _resolve_model(name: str | None, base: Path) -> str | None:
     return name
 
 
-def load_config(path: str | os.PathLike[str]) -> RunConfig:
-    """Read and validate a YAML config file; every failure is a one-line ConfigError."""
+def read_config_file(path: str | os.PathLike[str]) -> Any:
+    """A config file's YAML as data; a missing file or bad YAML is a one-line ConfigError."""
     file = Path(path)
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+        return yaml.safe_load(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{file}: no such config file") from None
     except (OSError, UnicodeDecodeError) as error:
@@ -433,7 +443,45 @@ def load_config(path: str | os.PathLike[str]) -> RunConfig:
         where = f" line {mark.line + 1}" if mark else ""
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise ConfigError(f"{file}:{where}: invalid YAML: {problem}") from None
+
+
+def apply_overrides(data: Any, overrides: Sequence[str]) -> Any:
+    """`--set KEY=VALUE` settings over a config mapping: KEY is dotted (`label.batch_size`,
+    `sources.0.paths`), VALUE is read as YAML (`8`, `true`, `[a, b]`, `s3://runs/x`)."""
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {override}: expected KEY=VALUE, e.g. label.batch_size=8")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        node, parts = data, key.strip().split(".")
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            where = ".".join(parts[: depth + 1])
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"--set {override}: {where}: no such list item")
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                raise ConfigError(f"--set {override}: {'.'.join(parts[:depth])} is not a mapping")
+    return data
+
+
+def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> RunConfig:
+    """Read and validate a YAML config file, with `--set` overrides; every failure is a one-line ConfigError."""
+    file = Path(path)
+    data = apply_overrides(read_config_file(file), overrides)
     try:
-        return parse_config(data, base=file.resolve().parent)
+        return parse_config(data, base=Path(os.path.abspath(file)).parent)
     except ConfigError as error:
         raise ConfigError(f"{file}: {error}") from None
