@@ -180,6 +180,13 @@ class SamplingConfig(StrictModel):
     seed: int | None = None
 
 
+def accelerator_types() -> list[str]:
+    """The accelerator types Ray names (`accelerator_type:<name>` resources): H100, A100, L4, A10G, ..."""
+    from ray.util.accelerators import accelerators
+
+    return [value for key, value in vars(accelerators).items() if key.isupper() and isinstance(value, str)]
+
+
 class LLMStageConfig(StrictModel):
     """What every LLM stage declares: its model, its engine, its actor pool, its sampling.
 
@@ -220,6 +227,15 @@ class LLMStageConfig(StrictModel):
             if is_secret_name(name):
                 raise ValueError(f"{name} looks like a credential: set it in the cluster's environment, not in the config")
         return env
+
+    @field_validator("accelerator_type")
+    @classmethod
+    def _known_accelerator(cls, name: str | None) -> str | None:
+        # A stage that waits for a type no node has waits forever: a typo must stop the run here.
+        if name is not None and name not in (known := accelerator_types()):
+            close = [k for k in known if k.lower() == name.lower()] or difflib.get_close_matches(name, known, n=1)
+            raise ValueError(f"{name!r} is not an accelerator type Ray knows" + (f" (did you mean {close[0]!r}?)" if close else "") + ": see ray.util.accelerators")
+        return name
 
     @field_validator("concurrency")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -153,3 +154,11 @@ def test_secret_values_are_masked_in_details_and_logs(monkeypatch):
     logger.addHandler(handler)
     logger.warning("key %s", "wJalrXUtnFEMI-fake-7f3a")
     assert printed.getvalue() == "key ***\n"
+
+
+def test_an_accelerator_type_ray_does_not_know_is_a_config_error(tmp_path):
+    base = "sources: [{name: a, format: jsonl, paths: ['*.jsonl']}]\noutput: out\nlabel: {model: m, accelerator_type: %s}\n"
+    assert load_config(write(tmp_path, base % "H100")).label.accelerator_type == "H100"
+    for typo, hint in (("h100", "did you mean 'H100'?"), ("A10", "did you mean 'A10G'?")):
+        with pytest.raises(ConfigError, match=re.escape(f"label.accelerator_type: '{typo}' is not an accelerator type Ray knows ({hint})")):
+            load_config(write(tmp_path, base % typo))
