@@ -315,12 +315,13 @@ class RunConfig(StrictModel):
     score: ScoreConfig = ScoreConfig(enabled=False)
     polish: PolishConfig = PolishConfig(enabled=False)
     final: FinalConfig = FinalConfig()
-    #: The folder local paths are relative to (the config file's): where the config was written.
-    _base: Path = PrivateAttr(default_factory=Path.cwd)
+    #: Model, tokenizer and prompt paths as the config wrote them, before local ones were resolved.
+    _as_written: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @property
-    def base(self) -> Path:
-        return self._base
+    def paths_as_written(self) -> dict[str, str]:
+        """{"label.model": "../runs/smoke-models/chat-model", ...}: what names a run's files, wherever they are."""
+        return dict(self._as_written)
 
     @field_validator("output", mode="before")
     @classmethod
@@ -354,6 +355,12 @@ class RunConfig(StrictModel):
 
     def source(self, name: str) -> SourceConfig:
         return next(s for s in self.sources if s.name == name)
+
+
+#: The keys that name a file or folder of the run's own (models, tokenizers, prompts), as (section, key).
+FILE_KEYS = [("length", "tokenizer"), ("perplexity", "kenlm_model"), ("perplexity", "sentencepiece_model")] + [
+    (stage, key) for stage in ("label", "score", "polish") for key in ("model", "prompt_file")
+]
 
 
 def _is_local(path: str) -> bool:
@@ -422,7 +429,7 @@ def parse_config(data: Any, base: Path = Path.cwd()) -> RunConfig:
         config = RunConfig.model_validate(data)
     except ValidationError as error:
         raise ConfigError(_one_line(error)) from None
-    config._base = Path(os.path.abspath(base))
+    config._as_written = {f"{section}.{key}": value for section, key in FILE_KEYS if (value := getattr(getattr(config, section), key)) is not None}
     for source in config.sources:
         source.paths = [_resolve_local(p, base) for p in source.paths]
     config.output.path = _resolve_local(config.output.path, base)

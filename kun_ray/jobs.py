@@ -36,15 +36,17 @@ from typing import Any
 import yaml
 
 import kun_ray
-from kun_ray.config import ConfigError, apply_overrides, parse_config, read_config_file
+from kun_ray.config import (
+    FILE_KEYS,
+    ConfigError,
+    apply_overrides,
+    parse_config,
+    read_config_file,
+)
 from kun_ray.io.storage import expand
 from kun_ray.secrets import redact
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
-#: Config keys that may name a local file or folder, as (section, key).
-FILE_KEYS = [("length", "tokenizer"), ("perplexity", "kenlm_model"), ("perplexity", "sentencepiece_model")] + [
-    (stage, key) for stage in ("label", "score", "polish") for key in ("model", "prompt_file")
-]
 
 
 class JobError(Exception):

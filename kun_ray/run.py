@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import uuid
 from datetime import datetime, timezone
 from typing import Any
@@ -76,11 +75,9 @@ def run_settings(config: RunConfig, inputs: list[InputFile]) -> dict[str, Any]:
     data = _without_resources(config.model_dump(mode="json", exclude={"output", "storage"}))
     data["sources"] = [{k: v for k, v in s.items() if k not in ("paths", "storage")} for s in data["sources"]]
     settings = _flatten(data)
-    # A local model or prompt file as the config names it, relative to the config's folder: the
-    # same run submitted as a Ray job, whose files land in another folder, has the same settings.
-    for key, value in settings.items():
-        if isinstance(value, str) and os.path.isabs(value):
-            settings[key] = os.path.relpath(value, config.base)
+    # A model or prompt file as the config names it, not where it was found: the same run submitted
+    # as a Ray job, whose files land in another folder, has the same settings.
+    settings.update({key: path for key, path in config.paths_as_written.items() if key in settings})
     settings["inputs"] = sorted(f.shard for f in inputs)
     return settings
 

@@ -44,6 +44,17 @@ def ray_cluster():
     ray.shutdown()
 
 
+def free_ports(n: int) -> list[int]:
+    """n ports free on 127.0.0.1 right now, for a server of the test's own (a Ray head)."""
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
 def _port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
