@@ -55,6 +55,14 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+def short_temp_dir() -> Path:
+    """A temp dir for a Ray head of a test's own, removed by the caller: Ray's socket paths under
+    it must fit in 107 bytes (AF_UNIX), which pytest's temp paths do not always leave room for."""
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix="kr-", dir="/tmp"))
+
+
 def _port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import S3_SECRET, free_ports
+from conftest import S3_SECRET, free_ports, short_temp_dir
 
 from kun_ray.config import load_config
 from kun_ray.io.read import plan_inputs
@@ -52,7 +52,7 @@ class RayHead:
 def ray_head(tmp_path_factory) -> RayHead:
     """A Ray head started the way a cluster's head is, with token authentication on; stopped by
     killing every process that runs in its temp dir (`ray stop` would stop the session's Ray too)."""
-    temp = tmp_path_factory.mktemp("rayhead")
+    temp = short_temp_dir()
     token = temp / "token"
     token.write_text(secrets.token_hex(32))
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "RAY_USAGE_STATS_ENABLED": "0"}
@@ -79,6 +79,7 @@ def ray_head(tmp_path_factory) -> RayHead:
             except psutil.NoSuchProcess:
                 pass
         psutil.wait_procs(list(processes), timeout=30)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

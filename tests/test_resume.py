@@ -61,7 +61,8 @@ def commits(out: Path, flow: str) -> int:
 
 @pytest.fixture(scope="module")
 def llm_config(smoke_models, tmp_path_factory) -> dict:
-    """Label (greedy) and score (log-probabilities) over SHARDS small shards."""
+    """Label (greedy) over SHARDS small shards, then final. (One LLM flow: each costs the suite a
+    minute or more of vLLM on the CPU per run, and a later flow resumes as the filter flow does.)"""
     corpus = tmp_path_factory.mktemp("shards")
     texts = [a + b for a, b in itertools.permutations(ZH, 2)][: 3 * SHARDS]
     for k in range(SHARDS):
@@ -79,7 +80,6 @@ def llm_config(smoke_models, tmp_path_factory) -> dict:
         "sources": [{"name": "sky", "format": "skypile", "paths": [str(corpus)]}],
         "length": {"min_chars": 10, "tokenizer": str(smoke_models["tokenizer"])},
         "label": {**engine, "keywords": [], "sampling": {"temperature": 0, "max_tokens": 32}},
-        "score": {**engine, "mode": "kun_instruction", "method": "logprobs", "min_score": 0.0},
     }
 
 
@@ -124,7 +124,7 @@ def test_driver_killed_mid_label_resumes_to_the_clean_output(ray_cluster, llm_co
     done_before = commits(out, "label")
     labelled_shards = commits(reference, "label")
     assert 1 <= done_before < labelled_shards, "the kill must land mid-stage"
-    assert commits(out, "score") == 0
+    assert commits(out, "final") == 0
 
     printed = finish(start_run(llm_config, out, ray_cluster))
     report = json.loads((out / "report.json").read_text())
@@ -164,7 +164,7 @@ def test_a_killed_engine_worker_is_restarted_and_the_run_completes(ray_cluster, 
 
 @pytest.fixture()
 def cpu_run(ray_cluster, llm_config, tmp_path) -> tuple[dict, Path]:
-    config = {k: v for k, v in llm_config.items() if k not in ("label", "score")}
+    config = {k: v for k, v in llm_config.items() if k != "label"}
     out = tmp_path / "cpu-run"
     run(parse_config({**config, "output": str(out)}))
     return config, out
