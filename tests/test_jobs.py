@@ -64,9 +64,9 @@ def ray_head(tmp_path_factory) -> RayHead:
         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--ray-client-server-port={client}",
         f"--dashboard-agent-listen-port={agent}", "--num-cpus=2", f"--temp-dir={temp}", "--include-dashboard=true",
     ]  # fmt: skip
-    started = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
-    assert started.returncode == 0, started.stdout + started.stderr
-    try:
+    try:  # a head that failed to start half-way is stopped too
+        started = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+        assert started.returncode == 0, started.stdout + started.stderr
         yield RayHead(f"http://127.0.0.1:{dashboard}", env)
     finally:
         # The head's processes name its temp dir; their children (agents, workers) carry Ray's titles instead.
