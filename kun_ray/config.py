@@ -500,11 +500,16 @@ def apply_overrides(data: Any, overrides: Sequence[str]) -> Any:
     return data
 
 
-def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> RunConfig:
-    """Read and validate a YAML config file, with `--set` overrides; every failure is a one-line ConfigError."""
+def load_config_data(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> tuple[Any, RunConfig]:
+    """A YAML config file with `--set` overrides, as data and validated; every failure is a one-line ConfigError."""
     file = Path(path)
     data = apply_overrides(read_config_file(file), overrides)
     try:
-        return parse_config(data, base=Path(os.path.abspath(file)).parent)
+        return data, parse_config(data, base=Path(os.path.abspath(file)).parent)
     except ConfigError as error:
         raise ConfigError(f"{file}: {error}") from None
+
+
+def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> RunConfig:
+    """Read and validate a YAML config file, with `--set` overrides; every failure is a one-line ConfigError."""
+    return load_config_data(path, overrides)[1]

@@ -36,13 +36,7 @@ from typing import Any
 import yaml
 
 import kun_ray
-from kun_ray.config import (
-    FILE_KEYS,
-    ConfigError,
-    apply_overrides,
-    parse_config,
-    read_config_file,
-)
+from kun_ray.config import RunConfig, load_config_data
 from kun_ray.io.storage import expand
 from kun_ray.secrets import redact
 
@@ -67,31 +61,29 @@ def _is_relative_local(path: Any) -> bool:
     return isinstance(path, str) and "://" not in path and not os.path.isabs(os.path.expanduser(path))
 
 
-def _local_files(data: dict[str, Any], base: Path) -> list[Path]:
-    """The files and folders the config names by paths relative to its folder."""
+def _local_files(data: dict[str, Any], config: RunConfig) -> list[Path]:
+    """The files and folders the config names by paths relative to its folder, as the config resolved them."""
     import fsspec
 
     local = fsspec.filesystem("file")
     found: list[Path] = []
-    for source in data.get("sources") or []:
-        for pattern in source.get("paths") or []:
+    for written, source in zip(data["sources"], config.sources):
+        for pattern, resolved in zip(written["paths"], source.paths):
             if _is_relative_local(pattern):
-                found += [Path(p) for p, _ in expand(local, os.path.normpath(base / pattern))]
-    for section, key in FILE_KEYS:
-        value = (data.get(section) or {}).get(key)
-        if _is_relative_local(value) and (base / value).exists():  # not a hub id such as Qwen/Qwen2.5-7B
-            found.append(Path(os.path.normpath(base / value)))
+                found += [Path(p) for p, _ in expand(local, resolved)]
+    for key, written in config.paths_as_written.items():
+        section, name = key.split(".")
+        resolved = getattr(getattr(config, section), name)
+        # A hub id (Qwen/Qwen2.5-7B) is not resolved; a relative path is, and goes if it exists.
+        if _is_relative_local(written) and resolved != written and os.path.exists(resolved):
+            found.append(Path(resolved))
     return found
 
 
 def pack(config_path: str | os.PathLike[str], overrides: Sequence[str], into: Path) -> JobFolder:
     """Write the job folder of a config into `into` (an empty folder)."""
     file = Path(os.path.abspath(config_path))
-    data = apply_overrides(read_config_file(file), overrides)
-    try:
-        config = parse_config(data, base=file.parent)  # the same checks as `kun-ray run`, before any upload
-    except ConfigError as error:
-        raise ConfigError(f"{config_path}: {error}") from None
+    data, config = load_config_data(config_path, overrides)  # the same checks as `kun-ray run`, before any upload
     notes = []
     output = data["output"] if isinstance(data["output"], str) else data["output"]["path"]
     if _is_relative_local(output):
@@ -99,7 +91,7 @@ def pack(config_path: str | os.PathLike[str], overrides: Sequence[str], into: Pa
         path = config.output.path
         data["output"] = path if isinstance(data["output"], str) else {**data["output"], "path": path}
         notes.append(f"output {path} is a local path: it is written on the node that runs the job's driver (the head node)")
-    files = _local_files(data, file.parent)
+    files = _local_files(data, config)
     root = Path(os.path.commonpath([file.parent, *(f.parent for f in files)]))
     for source in files:
         target = into / source.relative_to(root)
