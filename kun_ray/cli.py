@@ -57,7 +57,7 @@ def _run(config: RunConfig, inputs: list[InputFile], progress: bool, fresh: bool
     from kun_ray.report import format_flows, format_table
 
     if not fresh:  # before Ray starts: a run folder of another config stops here
-        RunFolder(config).check(run_settings(config, inputs), force)
+        RunFolder.of(config).check(run_settings(config, inputs), force)
     _log_to_stderr()
     _connect_ray()
     import ray.data
@@ -115,6 +115,75 @@ def _jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_run(args: argparse.Namespace):
+    from kun_ray.query import Run
+
+    return Run.open(args.run, {"endpoint_url": args.endpoint_url} if args.endpoint_url else None)
+
+
+def _show(args: argparse.Namespace) -> int:
+    from kun_ray.report import format_table
+    from kun_ray.terminal import funnel_progress
+
+    run = _open_run(args)
+    print(f"{run.url}  (fingerprint {run.manifest['fingerprint']}, started {run.manifest['created_at']})")
+    print(funnel_progress(run.progress(), run.finished))
+    funnel = run.funnel()
+    print(format_table({"stages": funnel}) if funnel else "nothing committed yet")
+    return 0
+
+
+def _sql(args: argparse.Namespace) -> int:
+    import csv
+    import json
+
+    from kun_ray.terminal import render, table
+
+    cursor = _open_run(args).connection.execute(args.query)
+    columns = [d[0] for d in cursor.description or []]
+    rows = cursor.fetchall()
+    if args.json:
+        for row in rows:
+            print(json.dumps(dict(zip(columns, row)), ensure_ascii=False, default=str))
+    elif args.csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    else:
+        print(render(table(columns, rows)), end="")
+        print(f"({len(rows)} row{'s' * (len(rows) != 1)})")
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from kun_ray.terminal import pairs
+
+    run = _open_run(args)
+    relation = run.table(args.stage)
+    if args.where:
+        relation = relation.filter(args.where)
+    rows = run.rows(f"SELECT * FROM ({relation.sql_query()}) USING SAMPLE reservoir({args.n} ROWS) REPEATABLE ({args.seed})")
+    if not rows:
+        print(f"no rows in {args.stage}" + (f" where {args.where}" if args.where else ""))
+        return 0
+    print(pairs(rows, args.stage, text_chars=None if args.full else 300), end="")
+    return 0
+
+
+def _trace(args: argparse.Namespace) -> int:
+    print(_open_run(args).trace(args.doc_id, args.source), end="")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from kun_ray.report_page import write_report
+
+    run = _open_run(args)
+    where = write_report(run, args.output)
+    print(f"kun-ray: report written to {where}", file=sys.stderr)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kun-ray", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -137,6 +206,27 @@ def _parser() -> argparse.ArgumentParser:
     submit_cmd.add_argument("--no-deps", action="store_true", help="do not pip-install kun-ray's dependencies into the job's environment (the cluster's image has them)")
     submit_cmd.add_argument("--wait", action="store_true", help="print the job's log until it ends; exit 0 only if it succeeded")
 
+    reading = argparse.ArgumentParser(add_help=False)
+    reading.add_argument("run", help="a run folder (local, s3://, gs://) or the config that writes it")
+    reading.add_argument("--endpoint-url", help="the S3 endpoint of a run folder on an S3-compatible store (MinIO, SeaweedFS, ...)")
+    commands.add_parser("show", parents=[reading], help="a run's funnel: each stage's rows in, kept and rejected, and its progress")
+    sql_cmd = commands.add_parser("sql", parents=[reading], help="query a run with DuckDB: a view per stage, rejects and funnel")
+    sql_cmd.add_argument("query", help='e.g. "SELECT reason, count(*) FROM rejects GROUP BY reason"')
+    output_format = sql_cmd.add_mutually_exclusive_group()
+    output_format.add_argument("--json", action="store_true", help="one JSON object per row (JSON Lines)")
+    output_format.add_argument("--csv", action="store_true", help="CSV with a header row")
+    sample_cmd = commands.add_parser("sample", parents=[reading], help="print a few rows of a stage as readable pairs")
+    sample_cmd.add_argument("--stage", default="final", help="a stage (documents, filtered, clean, labeled, scored, polished, final) or rejects (default: final)")
+    sample_cmd.add_argument("-n", type=int, default=5, help="how many rows (default: 5)")
+    sample_cmd.add_argument("--where", help='a SQL condition on the stage\'s columns, e.g. "score > 0.8" or "reason = \'too_long\'"')
+    sample_cmd.add_argument("--seed", type=int, default=0, help="the sample's seed: the same seed picks the same rows")
+    sample_cmd.add_argument("--full", action="store_true", help="print texts whole (default: their first 300 characters)")
+    trace_cmd = commands.add_parser("trace", parents=[reading], help="one document's way through the stages, or where it was dropped and why")
+    trace_cmd.add_argument("doc_id", help="the document's doc_id")
+    trace_cmd.add_argument("--source", help="the source, when two sources share the id")
+    report_cmd = commands.add_parser("report", parents=[reading], help="write the run's report as one self-contained HTML page")
+    report_cmd.add_argument("-o", "--output", help="where to write it (default: report.html in the run folder)")
+
     jobs_cmd = commands.add_parser("jobs", help="follow the Ray jobs of a cluster")
     actions = jobs_cmd.add_subparsers(dest="action", required=True)
     actions.add_parser("list", parents=[address], help="kun-ray's jobs on the cluster")
@@ -150,15 +240,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+READERS = {"show": _show, "sql": _sql, "sample": _sample, "trace": _trace, "report": _report}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    import duckdb
+
     from kun_ray.jobs import JobError
+    from kun_ray.query import RunNotFound
 
     try:
         if args.command == "submit":
             return _submit(args)
         if args.command == "jobs":
             return _jobs(args)
+        if args.command in READERS:
+            return READERS[args.command](args)
         config = load_config(args.config, args.set)
         try:  # before Ray starts: a glob that matches nothing, a bad prompt file, stop here
             inputs = plan_inputs(config)
@@ -171,8 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"kun-ray: config error: {redact(str(error))}", file=sys.stderr)
         return 2
-    except JobError as error:
+    except (JobError, RunNotFound) as error:
         print(f"kun-ray: {redact(str(error))}", file=sys.stderr)
+        return 1
+    except duckdb.Error as error:  # a query's mistake: DuckDB's own message says what and where
+        print(f"kun-ray: {redact(str(error).splitlines()[0])}", file=sys.stderr)
         return 1
     except Exception:  # a failed run: its traceback, with any secret a library quoted masked
         print(redact(traceback.format_exc()), file=sys.stderr, end="")

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from kun_ray.io.records import REJECT_COLUMNS, REJECT_SCHEMA, column_or_nulls
+from kun_ray.io.records import MEASURES, REJECT_COLUMNS, REJECT_SCHEMA, column_or_nulls
 
 logger = logging.getLogger("kun_ray")
 
@@ -152,6 +152,7 @@ def as_rejects(batch: pa.Table) -> pa.Table:
             "text": batch["text"].cast(pa.large_string()),
             "instruction": column_or_nulls(batch, "instruction", pa.string()),
             "answer": column_or_nulls(batch, "answer", pa.large_string()),
+            **{name: column_or_nulls(batch, name, REJECT_SCHEMA.field(name).type) for name in MEASURES},
         },
         schema=REJECT_SCHEMA,
     )
@@ -169,22 +170,27 @@ def commit_key(shard: str) -> str:
 class Ledger:
     """One flow's commits, in <run>/_commits/<flow>/: which shards are done, their files and counts."""
 
-    def __init__(self, folder: Any, flow: str):
+    def __init__(self, folder: Any, flow: str, stages: list[str] | None = None):
         self.folder = folder
         self.flow = flow
+        #: The flow's stages in the order they run, recorded with every commit for readers of the run.
+        self.stages = list(stages or [])
         self.shards: dict[str, ShardCommit] = {}
         self.whole = False
         for name in folder.list_names(f"_commits/{flow}"):
             if name.endswith(".json"):
-                for shard, data in folder.read_json(f"_commits/{flow}/{name}")["shards"].items():
-                    self.shards[shard] = ShardCommit.from_json(data)
+                data = folder.read_json(f"_commits/{flow}/{name}")
+                for shard, commit in data["shards"].items():
+                    self.shards[shard] = ShardCommit.from_json(commit)
+                self.stages = self.stages or data.get("stages", [])
                 self.whole |= name == f"{WHOLE}.json"
 
     def commit(self, shards: dict[str, ShardCommit], whole: bool = False) -> None:
         """Record shards as done: one file per shard, or one for the whole flow."""
         key = WHOLE if whole else commit_key(next(iter(shards)))
         assert whole or len(shards) == 1
-        self.folder.write_json(f"_commits/{self.flow}/{key}.json", {"shards": {s: c.to_json() for s, c in shards.items()}})
+        payload = {"stages": self.stages, "shards": {s: c.to_json() for s, c in shards.items()}}
+        self.folder.write_json(f"_commits/{self.flow}/{key}.json", payload)
         self.shards.update(shards)
         self.whole |= whole
 

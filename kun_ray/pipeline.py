@@ -44,13 +44,11 @@ from kun_ray.llm.label import LabelTask
 from kun_ray.llm.polish import PolishTask
 from kun_ray.llm.score import ScoreTask
 from kun_ray.report import flow_report
-from kun_ray.run import MANIFEST, RunFolder, run_settings
+from kun_ray.run import FLOW_OUTPUTS, MANIFEST, RunFolder, run_settings
 
 logger = logging.getLogger("kun_ray")
 
 LLM_TASKS = {"label": LabelTask, "score": ScoreTask, "polish": PolishTask}
-#: Where each LLM stage writes the rows it keeps.
-LLM_OUTPUTS = {"label": "labeled", "score": "scored", "polish": "polished"}
 
 Step = tuple[str, Callable[[ray.data.Dataset], ray.data.Dataset]]
 
@@ -153,13 +151,13 @@ def _read_and_write(batch: pa.Table, config: RunConfig, writer: BlockWriter) -> 
         yield pa.table({"parts": [json.dumps({file.shard: {**part, "total": part["rows"]}})]})
 
 
-class Run:
+class RunFlows:
     """One invocation of a run: its flows in order, each resuming from its commits."""
 
     def __init__(self, config: RunConfig, inputs: list[InputFile], fresh: bool, force: bool):
         self.config = config
         self.inputs = inputs
-        self.folder = RunFolder(config)
+        self.folder = RunFolder.of(config)
         self.manifest = self.folder.open(run_settings(config, inputs), fresh=fresh, force=force)
         self.stages: list[dict[str, Any]] = []
         self.flows: dict[str, dict[str, Any]] = {}
@@ -167,9 +165,9 @@ class Run:
     def _writer(self, output: str, tokens: str | None = None) -> BlockWriter:
         return BlockWriter(self.folder.arrow_fs, self.folder.root.rstrip("/"), output, (tokens,) if tokens else ())
 
-    def _account(self, ledger: Ledger, steps: list[str], extras: dict[str, dict[str, Any]], timing: dict[str, Any]) -> Ledger:
+    def _account(self, ledger: Ledger, extras: dict[str, dict[str, Any]], timing: dict[str, Any]) -> Ledger:
         """Add a flow's stages and timing to the report; the flow's ledger, for the flow after it."""
-        stages = [{**stage, "flow": ledger.flow} for stage in flow_report(steps, ledger.tally(), extras)]
+        stages = [{**stage, "flow": ledger.flow} for stage in flow_report(ledger.stages, ledger.tally(), extras)]
         self.stages.extend(stages)
         self.flows[ledger.flow] = timing
         kept = sum(ledger.kept().values())
@@ -185,7 +183,7 @@ class Run:
         return {"shards": len(ledger.shards), "shards_resumed": resumed, "rows": done.rows, "wall_s": round(wall, 3), "rows_per_s": round(done.rows / wall, 1) if wall else None}
 
     def read(self) -> Ledger:
-        ledger = Ledger(self.folder, "read")
+        ledger = Ledger(self.folder, "read", ["read"])
         pending = [f for f in self.inputs if f.shard not in ledger.shards]
         resumed, clock, done = len(ledger.shards), time.monotonic(), ShardCommit()
         if pending:
@@ -196,11 +194,11 @@ class Run:
             )
             _, done = drain(_parts(files), ledger, None, len(pending))
             ledger.collect_garbage(["documents", "rejects/read"])
-        return self._account(ledger, ["read"], {"read": {"files": len(self.inputs)}}, self._timing(ledger, resumed, clock, done))
+        return self._account(ledger, {"read": {"files": len(self.inputs)}}, self._timing(ledger, resumed, clock, done))
 
     def row_flow(self, flow: str, upstream: Ledger, source: str, output: str, steps: list[Step], extras: dict[str, dict[str, Any]], tokens: str | None = None) -> Ledger:
         """A flow whose rows are independent of each other: shards commit one by one."""
-        ledger = Ledger(self.folder, flow)
+        ledger = Ledger(self.folder, flow, [name for name, _ in steps])
         pending = {shard: kept for shard, kept in upstream.kept().items() if kept and shard not in ledger.shards}
         resumed, clock, done = len(ledger.shards), time.monotonic(), ShardCommit()
         folders = [output, *(f"rejects/{name}" for name, _ in steps)]
@@ -215,14 +213,14 @@ class Run:
         if tokens:
             rate = round(done.sums[tokens] / timing["wall_s"], 1) if timing["wall_s"] and pending else None
             extras[flow] = {**extras.get(flow, {}), "generated_tokens": ledger.sums()[tokens], "generated_tokens_per_s": rate}
-        return self._account(ledger, [name for name, _ in steps], extras, timing)
+        return self._account(ledger, extras, timing)
 
     def whole_flow(self, flow: str, upstream: Ledger, source: str, output: str, steps: list[Step], after: Callable[[list[str]], None] | None = None) -> Ledger:
         """A flow whose rows depend on each other (dedup): all of it runs, then commits, or none does.
 
         `after` gets the files of the flow's output before the commit (the export of final/).
         """
-        ledger = Ledger(self.folder, flow)
+        ledger = Ledger(self.folder, flow, [name for name, _ in steps])
         clock, done = time.monotonic(), ShardCommit()
         resumed = len(ledger.shards) if ledger.whole else 0
         if not ledger.whole:
@@ -236,7 +234,7 @@ class Run:
                 after(sorted(f for commit in shards.values() for f in commit.files if f.startswith(output + "/")))
             ledger.commit(shards, whole=True)
             ledger.collect_garbage(folders)
-        return self._account(ledger, [name for name, _ in steps], {}, self._timing(ledger, resumed, clock, done))
+        return self._account(ledger, {}, self._timing(ledger, resumed, clock, done))
 
     def filter(self, upstream: Ledger) -> Ledger:
         extras: dict[str, dict[str, Any]] = {}
@@ -272,7 +270,7 @@ def run(config: RunConfig, inputs: list[InputFile] | None = None, fresh: bool = 
     clock = time.monotonic()
     inputs = plan_inputs(config) if inputs is None else inputs
     engines = llm_engines(config)
-    job = Run(config, inputs, fresh, force)
+    job = RunFlows(config, inputs, fresh, force)
     folder = job.folder
 
     def kept(ledger: Ledger) -> bool:
@@ -286,7 +284,7 @@ def run(config: RunConfig, inputs: list[InputFile] | None = None, fresh: bool = 
     for name, engine in engines.items():
         if not kept(previous):
             break
-        output = LLM_OUTPUTS[name]
+        output = FLOW_OUTPUTS[name]
         previous, source = job.row_flow(name, previous, source, output, [(name, engine.run)], {name: {"model": engine.config.model}}, tokens_column(engine.task)), output
     if kept(previous) and engines and config.final.enabled:
         job.whole_flow("final", previous, source, "final", final_steps(config), after=lambda files: export_final(folder, config, files))

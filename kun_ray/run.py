@@ -14,6 +14,7 @@
       rejects/<stage>/    every row a stage rejected, with stage, reason and detail (Parquet)
       _commits/<flow>/    which shards each flow has finished, with their files and counts (kun_ray/ledger.py)
       report.json         per-stage counts: in, kept, rejected by reason, per source; per-flow timings
+      report.html         the report page, when `kun-ray report` wrote it here (kun_ray/report_page.py)
 
 Re-running a config over its run folder resumes it: finished shards are not redone.  The
 manifest's fingerprint covers every setting that changes what a run writes (not its resources:
@@ -33,15 +34,18 @@ import pyarrow as pa
 import ray.data
 
 from kun_ray import __version__
-from kun_ray.config import ConfigError, RunConfig
+from kun_ray.config import ConfigError, RunConfig, StorageOptions
 from kun_ray.io.read import InputFile
 from kun_ray.io.records import REJECT_FIELDS
 from kun_ray.io.storage import is_local, pyarrow_filesystem, url_to_fs
 from kun_ray.secrets import redact
 
 MANIFEST = "manifest.json"
+REPORT_PAGE = "report.html"  # kun-ray report
+#: Each flow and the folder of the rows it keeps, in the order a run goes through them.
+FLOW_OUTPUTS = {"read": "documents", "filter": "filtered", "dedup": "clean", "label": "labeled", "score": "scored", "polish": "polished", "final": "final"}
 #: What a run folder holds: what --fresh removes, and nothing else.
-LAYOUT = ["documents", "filtered", "clean", "labeled", "scored", "polished", "final", "export", "rejects", "_commits", "report.json", MANIFEST]
+LAYOUT = ["documents", "filtered", "clean", "labeled", "scored", "polished", "final", "export", "rejects", "_commits", "report.json", REPORT_PAGE, MANIFEST]
 #: Settings of how a run is executed, not of what it writes: changing them does not change the fingerprint.
 RESOURCE_KEYS = frozenset(
     {"num_cpus", "concurrency", "batch_size", "block_rows", "accelerator_type", "cpu_stage_num_cpus", "log_engine_metrics", "env", "max_restarts"}
@@ -94,10 +98,15 @@ def with_reject_columns(batch: pa.Table) -> pa.Table:
 
 
 class RunFolder:
-    def __init__(self, config: RunConfig):
-        self.url = config.output.path
-        self.fs, self.root = url_to_fs(self.url, config.storage_for(config.output.storage))
+    def __init__(self, url: str, storage: StorageOptions | None = None):
+        self.url = url
+        self.fs, self.root = url_to_fs(url, storage or StorageOptions())
         self.arrow_fs = pyarrow_filesystem(self.fs)
+
+    @classmethod
+    def of(cls, config: RunConfig) -> RunFolder:
+        """The run folder a config writes."""
+        return cls(config.output.path, config.storage_for(config.output.storage))
 
     def path(self, *parts: str) -> str:
         return "/".join([self.root.rstrip("/"), *parts])

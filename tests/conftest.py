@@ -33,6 +33,14 @@ def smoke_models(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def kun_run(ray_cluster, smoke_models, tmp_path_factory):
+    """A run of Kun's whole pipeline (tests/llm_runs.py), for the pipeline tests and the tests that read it back."""
+    from llm_runs import kun_pipeline
+
+    return kun_pipeline(tmp_path_factory.mktemp("kun-run"), smoke_models)
+
+
+@pytest.fixture(scope="session")
 def ray_cluster():
     """One local Ray for the whole session; its GCS address lets subprocesses join it."""
     import ray

@@ -24,7 +24,7 @@ def part(rows: int, kept: int, files: list[str] | None = None) -> dict:
 
 @pytest.fixture()
 def folder(tmp_path) -> RunFolder:
-    return RunFolder(parse_config({"sources": [{"name": "web", "format": "jsonl", "paths": ["x"]}], "output": str(tmp_path / "run")}))
+    return RunFolder.of(parse_config({"sources": [{"name": "web", "format": "jsonl", "paths": ["x"]}], "output": str(tmp_path / "run")}))
 
 
 def test_a_shard_commits_when_its_last_row_is_written_and_not_before(folder):

@@ -13,50 +13,10 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
 
-from corpus import ZH, jsonl
-from kun_ray.config import NearDedupConfig, StageConfig, parse_config
+from corpus import ZH
+from llm_runs import KUN_MAX_PPL, LLM_REASONS, NOISE, OVERLONG, engine, run_llm_pipeline
+from kun_ray.config import NearDedupConfig, StageConfig
 from kun_ray.io.records import STREAM_SCHEMA
-from kun_ray.pipeline import run
-
-# Too long for the label engine's 256-token context but not for the length stage's 512: rare
-# characters the smoke-test tokenizer never saw, three byte-level tokens each (about 300).
-OVERLONG = "".join(chr(0x9F00 + k) for k in range(0, 200, 2))
-LLM_REASONS = {
-    "label": {"empty_instruction", "instruction_keyword", "instruction_repetition", "inference_error"},
-    "score": {"score_below_min", "unparseable_score", "inference_error"},
-    "polish": {"answer_too_short", "answer_keyword", "answer_repetition", "inference_error"},
-    "instruction_exact_dedup": {"exact_duplicate"},
-    "instruction_near_dedup": {"near_duplicate"},
-}
-
-
-def engine(model, max_model_len: int = 1024) -> dict:
-    return {
-        "model": str(model),
-        "device": "cpu",
-        "num_cpus": 0.4,
-        "cpu_stage_num_cpus": 0.2,
-        "engine_kwargs": {"dtype": "float32", "max_model_len": max_model_len, "enforce_eager": True},
-        "env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
-        "batch_size": 8,
-    }
-
-
-def run_llm_pipeline(tmp_path, smoke_models, **stages):
-    """The test corpus (ZH and OVERLONG) through cleaning and the given LLM stages; (config, report, run folder)."""
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    (corpus / "part.jsonl").write_bytes(jsonl([{"text": t} for t in [*ZH, OVERLONG]]))
-    config = parse_config(
-        {
-            "sources": [{"name": "sky", "format": "skypile", "paths": [str(corpus)]}],
-            "output": str(tmp_path / "run"),
-            "length": {"min_chars": 10, "tokenizer": str(smoke_models["tokenizer"])},
-            **stages,
-        }
-    )
-    return config, run(config), tmp_path / "run"
-
 
 def table(path) -> list[dict]:
     return pads.dataset(str(path), format="parquet").to_table().to_pylist()
@@ -66,23 +26,13 @@ def jsonl_rows(folder) -> list[dict]:
     return [json.loads(line) for file in sorted(folder.glob("*.json*")) for line in file.read_text(encoding="utf-8").splitlines()]
 
 
-@pytest.fixture(scope="module")
-def kun_run(ray_cluster, smoke_models, tmp_path_factory):
-    """Kun's pipeline: label -> score (kun_instruction, by log-probabilities) -> polish -> final."""
-    model = smoke_models["chat_model"]
-    return run_llm_pipeline(
-        tmp_path_factory.mktemp("kun-run"),
-        smoke_models,
-        label={**engine(model, max_model_len=256), "keywords": [], "sampling": {"max_tokens": 24}},
-        score={**engine(model), "mode": "kun_instruction", "method": "logprobs", "min_score": 0.0},
-        polish={**engine(model), "keywords": [], "min_answer_chars": 0, "sampling": {"max_tokens": 24}},
-    )
-
-
 def test_every_clean_document_ends_in_final_or_in_an_llm_reject(kun_run):
     _, report, out = kun_run
     clean = {r["doc_id"] for r in table(out / "clean")}
     assert len(clean) == len(ZH) + 1
+    cut = table(out / "rejects" / "perplexity")  # reject rows keep the measures the row had
+    assert [(r["text"], r["reason"]) for r in cut] == [(NOISE, "ppl_above_max")]
+    assert cut[0]["ppl"] > KUN_MAX_PPL and cut[0]["n_tokens"] > 0 and cut[0]["score"] is None
     final = [r["doc_id"] for r in table(out / "final")]
     rejects = [r for r in table(out / "rejects") if r["stage"] in LLM_REASONS]
     assert sorted(final + [r["doc_id"] for r in rejects]) == sorted(clean)  # each exactly once

@@ -84,7 +84,7 @@ def perplexity_batch(batch: pa.Table, config: PerplexityConfig, storage: Storage
     def keep_or_reject(rows: pa.Table) -> Verdicts:
         ppl = [scorer.perplexity(t) for t in rows["text"].to_pylist()]
         reasons = [None if p <= max_ppl else "ppl_above_max" for p in ppl]
-        details = [None if p <= max_ppl else f"perplexity {p:.1f} > {max_ppl:.1f}" for p in ppl]
+        details = [None if p <= max_ppl else f"perplexity {p:.6g} > {max_ppl:.6g}" for p in ppl]
         return Verdicts(replace_column(rows, "ppl", pa.array(ppl, pa.float64())), reasons, details)
 
     return on_live_rows(batch, NAME, keep_or_reject)

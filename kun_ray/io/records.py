@@ -44,8 +44,16 @@ REJECT_SCHEMA = pa.schema(
         ("text", pa.large_string()),
         ("instruction", pa.string()),  # null before the label stage
         ("answer", pa.large_string()),  # null before the polish stage
+        # The measures the row had when it was rejected (null before the stage that adds them),
+        # so a histogram of what a filter saw shows what it cut, too.
+        ("n_chars", pa.int64()),
+        ("n_tokens", pa.int64()),
+        ("ppl", pa.float64()),
+        ("score", pa.float64()),
     ]
 )
+#: The measure columns a reject row keeps.
+MEASURES = ("n_chars", "n_tokens", "ppl", "score")
 
 
 def column_or_nulls(batch: pa.Table, name: str, kind: pa.DataType) -> pa.Array | pa.ChunkedArray:

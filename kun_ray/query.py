@@ -1,0 +1,290 @@
+"""Reading a run back: its stages as Ray Datasets, SQL over them with DuckDB, one document's trace.
+
+    run = kun_ray.Run.open("s3://bucket/runs/kun")    # a run folder, local or on object storage,
+                                                      # or the config that writes it
+    run.stages                                        # ['documents', 'filtered', 'clean', 'labeled', ...]
+    run.stage("scored").to_pandas()                   # a Ray Dataset
+    run.rejects(stage="score", reason="score_below_min")
+    run.sql("SELECT source, count(*) FROM final GROUP BY source").df()
+    print(run.trace("wudao-000123"))                  # where a document went, or where it was dropped
+
+Only what a run has committed is read (kun_ray/ledger.py): a run that is still going, or one
+that crashed, reads as the shards it has finished, never as a half-written file.  The funnel is
+counted from the same commits, so it is live too; report.json is written when a run ends.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kun_ray.config import StorageOptions, load_config
+from kun_ray.io.records import DOCUMENT_SCHEMA
+from kun_ray.io.storage import is_local
+from kun_ray.ledger import Ledger
+from kun_ray.report import flow_report
+from kun_ray.run import FLOW_OUTPUTS, MANIFEST, RunFolder
+
+if TYPE_CHECKING:
+    import duckdb
+    import ray.data
+
+#: Columns a trace shows as a document's own, not as something a stage added.
+IDENTITY = ("doc_id", "source", "shard", "text", "title", "meta")
+
+
+class RunNotFound(LookupError):
+    """No kun-ray run at a path, or no such stage or document in it."""
+
+
+@dataclass
+class TraceStep:
+    """One stage of a document's journey: the folder it was kept in, or the stage that rejected it."""
+
+    stage: str
+    kept: bool
+    #: Columns this stage added to the row (instruction, score, answer, ...), or a reject's measures.
+    added: dict[str, Any] = field(default_factory=dict)
+    reason: str | None = None
+    detail: str | None = None
+
+
+@dataclass
+class Trace:
+    """A document's journey through a run: every stage that kept it, then the one that dropped it, if any."""
+
+    doc_id: str
+    source: str
+    shard: str
+    text: str
+    steps: list[TraceStep]
+
+    @property
+    def dropped(self) -> TraceStep | None:
+        return next((step for step in self.steps if not step.kept), None)
+
+    @property
+    def outcome(self) -> str:
+        if self.dropped is not None:
+            return f"dropped by {self.dropped.stage}: {self.dropped.reason}"
+        return f"kept through {self.steps[-1].stage}" if self.steps else "not read yet"
+
+    def __str__(self) -> str:
+        from kun_ray.terminal import format_trace
+
+        return format_trace(self)
+
+
+def _sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _clean(value: Any) -> Any:
+    """A value as a trace shows it: NaN as None."""
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+class Run:
+    """A run folder, read back.  Open one with `Run.open(path)`."""
+
+    def __init__(self, folder: RunFolder):
+        self.folder = folder
+        self.url = folder.url
+        if not folder.exists(MANIFEST):
+            raise RunNotFound(f"{self.url}: no kun-ray run here (no {MANIFEST})")
+        self.manifest: dict[str, Any] = folder.read_json(MANIFEST)
+        #: Each flow that has committed shards, in run order.
+        self.ledgers = {flow: ledger for flow in FLOW_OUTPUTS if (ledger := Ledger(folder, flow)).shards}
+
+    @classmethod
+    def open(cls, path: str | Path, storage: StorageOptions | dict[str, Any] | None = None) -> Run:
+        """The run at `path`: a run folder (local, s3://, gs://), or a config file (.yaml), whose output and storage are used.
+
+        `storage` reaches object storage the way a config's `storage:` does, e.g. {"endpoint_url": ...}.
+        """
+        text = str(path)
+        if text.endswith((".yaml", ".yml")) and Path(text).is_file():
+            config = load_config(text)
+            return cls(RunFolder.of(config))
+        options = storage if isinstance(storage, StorageOptions) else StorageOptions(**(storage or {}))
+        return cls(RunFolder(text.rstrip("/") or text, options))
+
+    def __repr__(self) -> str:
+        return f"Run({self.url!r}, stages={self.stages})"
+
+    # --- what is there ---------------------------------------------------------------------
+
+    @property
+    def stages(self) -> list[str]:
+        """The folders of kept rows this run has committed shards of, in run order."""
+        return [FLOW_OUTPUTS[flow] for flow in self.ledgers]
+
+    @property
+    def report(self) -> dict[str, Any] | None:
+        """report.json, written when the run ended; None while it goes on (or if it crashed)."""
+        return self.folder.read_json("report.json") if self.folder.exists("report.json") else None
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The settings the run was started with, as flat dotted keys (manifest.json)."""
+        return self.manifest["settings"]
+
+    @property
+    def finished(self) -> bool:
+        return self.report is not None
+
+    def files(self, stage: str) -> list[str]:
+        """The committed Parquet files of a stage's folder, relative to the run folder."""
+        flow = self._flow(stage)
+        return self.ledgers[flow].files(stage)
+
+    def reject_files(self, stage: str | None = None, flow: str | None = None) -> list[str]:
+        """The committed reject files: of one stage (rejects/<stage>/), of one flow's stages, or all."""
+        prefix = f"rejects/{stage}" if stage else "rejects"
+        ledgers = [self.ledgers[flow]] if flow else list(self.ledgers.values())
+        return sorted(f for ledger in ledgers for f in ledger.files(prefix))
+
+    @property
+    def reject_stages(self) -> list[str]:
+        """The stages that rejected rows, in run order."""
+        stages: list[str] = []
+        for step in self.funnel():
+            if step["rejected"] and step["stage"] not in stages:
+                stages.append(step["stage"])
+        return stages
+
+    def progress(self) -> dict[str, dict[str, Any]]:
+        """Each flow's committed shards against the run's input shards."""
+        total = len(self.settings.get("inputs", []))
+        return {flow: {"stage": FLOW_OUTPUTS[flow], "shards": len(ledger.shards), "of": total, "done": ledger.whole or len(ledger.shards) >= total} for flow, ledger in self.ledgers.items()}
+
+    def funnel(self) -> list[dict[str, Any]]:
+        """Each stage's rows in, kept and rejected by reason, overall and per source, counted from
+        the commits: report.json's `stages`, live while the run goes on."""
+        stages = []
+        for flow, ledger in self.ledgers.items():
+            tally = ledger.tally()
+            # Commits written before they named their stages: the stages that rejected rows, or the flow.
+            names = ledger.stages or sorted({stage for stage, _, _ in tally if stage}) or [flow]
+            stages.extend({**step, "flow": flow} for step in flow_report(names, tally))
+        return stages
+
+    def _flow(self, stage: str) -> str:
+        for flow, output in FLOW_OUTPUTS.items():
+            if output == stage and flow in self.ledgers:
+                return flow
+        known = ", ".join(self.stages) or "none yet"
+        raise RunNotFound(f"{self.url}: no stage {stage!r} (stages: {known}; rejects are run.rejects())")
+
+    # --- Ray Datasets ------------------------------------------------------------------------
+
+    def stage(self, name: str) -> ray.data.Dataset:
+        """A stage's kept rows as a Ray Dataset (`.to_pandas()`, `.take(5)`, `.filter(...)`, ...)."""
+        import ray.data
+
+        files = self.files(name)
+        if not files:
+            return ray.data.from_arrow(DOCUMENT_SCHEMA.empty_table())
+        return self.folder.read_parquet(files)
+
+    def rejects(self, stage: str | None = None, reason: str | None = None, source: str | None = None) -> ray.data.Dataset:
+        """Rejected rows as a Ray Dataset: of one stage (e.g. "perplexity", "score"), one reason, one source, or all."""
+        import ray.data
+        from ray.data.expressions import col
+
+        files = self.reject_files(stage)
+        if not files:
+            return ray.data.from_arrow(DOCUMENT_SCHEMA.empty_table())
+        dataset = self.folder.read_parquet(files)
+        for column, value in (("reason", reason), ("source", source)):
+            if value is not None:
+                dataset = dataset.filter(expr=col(column) == value)
+        return dataset
+
+    # --- DuckDB --------------------------------------------------------------------------------
+
+    def scan(self, files: list[str]) -> str:
+        """A DuckDB table expression over run-folder files (relative paths, as `files()` gives them)."""
+        paths = ", ".join(_sql_string(self._duckdb_path(f)) for f in files)
+        return f"read_parquet([{paths}], union_by_name = true)"
+
+    def _duckdb_path(self, relpath: str) -> str:
+        path = self.folder.path(relpath)
+        return path if is_local(self.folder.fs) else self.folder.fs.unstrip_protocol(path)
+
+    @cached_property
+    def connection(self) -> duckdb.DuckDBPyConnection:
+        """A DuckDB connection with a view per stage, `rejects` (every stage's) and `funnel`."""
+        import duckdb
+        import pyarrow as pa
+
+        con = duckdb.connect()
+        if not is_local(self.folder.fs):  # object storage through the same fsspec filesystem the run used
+            con.register_filesystem(self.folder.fs)
+        empty = ", ".join(f"NULL::VARCHAR AS {f.name}" for f in DOCUMENT_SCHEMA)
+        for name in self.stages:
+            files = self.files(name)
+            body = f"SELECT * FROM {self.scan(files)}" if files else f"SELECT {empty} LIMIT 0"
+            con.execute(f"CREATE VIEW {name} AS {body}")
+        rejects = self.reject_files()
+        con.execute(f"CREATE VIEW rejects AS {f'SELECT * FROM {self.scan(rejects)}' if rejects else f'SELECT {empty}, NULL::VARCHAR AS stage, NULL::VARCHAR AS reason, NULL::VARCHAR AS detail LIMIT 0'}")
+        rows = [
+            {"flow": step["flow"], "stage": step["stage"], "source": source, "rows_in": counts["in"], "kept": counts["kept"], "rejected": counts["rejected"]}
+            for step in self.funnel()
+            for source, counts in step["by_source"].items()
+        ]
+        funnel = pa.Table.from_pylist(rows, schema=pa.schema([("flow", pa.string()), ("stage", pa.string()), ("source", pa.string()), ("rows_in", pa.int64()), ("kept", pa.int64()), ("rejected", pa.int64())]))
+        con.register("_funnel", funnel)
+        con.execute("CREATE VIEW funnel AS SELECT * FROM _funnel")
+        return con
+
+    def sql(self, query: str) -> duckdb.DuckDBPyRelation:
+        """A DuckDB query over the run: each stage is a view (documents, filtered, clean, labeled,
+        scored, polished, final), and so are `rejects` and `funnel` (flow, stage, source, rows_in,
+        kept, rejected).  `.df()`, `.to_dicts()`, `.fetchall()` or `.show()` the result."""
+        return self.connection.sql(query)
+
+    def rows(self, query: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
+        """A query's rows as dicts (NaN as None), with `?` parameters."""
+        cursor = self.connection.execute(query, params or [])
+        columns = [d[0] for d in cursor.description]
+        return [dict(zip(columns, map(_clean, values))) for values in cursor.fetchall()]
+
+    def table(self, name: str) -> duckdb.DuckDBPyRelation:
+        """A stage (or `rejects`, `funnel`) as a DuckDB relation: `.filter("score > 0.8").df()`."""
+        if name not in (*self.stages, "rejects", "funnel"):
+            self._flow(name)
+        return self.connection.table(name)
+
+    # --- one document ---------------------------------------------------------------------------
+
+    def trace(self, doc_id: str, source: str | None = None) -> Trace:
+        """Where a document went: each stage that kept it, with what that stage added, and the
+        stage that dropped it, with the reason and detail.  `source` picks one when two sources share an id."""
+        where = "doc_id = ?" + (" AND source = ?" if source else "")
+        params = [doc_id, source] if source else [doc_id]
+        found: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        for name in [*self.stages, "rejects"]:
+            for row in self.rows(f"SELECT * FROM {name} WHERE {where}", params):
+                found.setdefault(row["source"], []).append((name, row))
+        if not found:
+            which = f" of source {source!r}" if source else ""
+            raise RunNotFound(f"{self.url}: no document {doc_id!r}{which} in any committed stage or reject")
+        if len(found) > 1:
+            raise RunNotFound(f"{self.url}: document {doc_id!r} is in sources {', '.join(sorted(found))}: pass source=")
+        (source_name, rows), = found.items()
+        steps: list[TraceStep] = []
+        seen: dict[str, Any] = {}
+        for name, row in rows:
+            if name == "rejects":
+                measures = {k: v for k, v in row.items() if k in ("n_chars", "n_tokens", "ppl", "score", "instruction", "answer") and v is not None and seen.get(k) != v}
+                steps.append(TraceStep(row["stage"], False, measures, row["reason"], row["detail"]))
+            else:
+                added = {k: v for k, v in row.items() if k not in IDENTITY and v is not None and k not in seen}
+                steps.append(TraceStep(name, True, added))
+                seen.update(row)
+        first = rows[0][1]
+        return Trace(doc_id, source_name, first["shard"], first["text"], steps)
