@@ -240,15 +240,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _read(args: argparse.Namespace) -> int:
+    """A command that reads a run back; a query DuckDB refuses (a typo in --where or in SQL) is one line."""
+    import duckdb
+
+    from kun_ray.query import QueryError
+
+    try:
+        return READERS[args.command](args)
+    except duckdb.Error as error:
+        raise QueryError(str(error).strip().splitlines()[0]) from None
+
+
 READERS = {"show": _show, "sql": _sql, "sample": _sample, "trace": _trace, "report": _report}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    import duckdb
-
     from kun_ray.jobs import JobError
-    from kun_ray.query import RunNotFound
+    from kun_ray.query import QueryError, RunNotFound
 
     try:
         if args.command == "submit":
@@ -256,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "jobs":
             return _jobs(args)
         if args.command in READERS:
-            return READERS[args.command](args)
+            return _read(args)
         config = load_config(args.config, args.set)
         try:  # before Ray starts: a glob that matches nothing, a bad prompt file, stop here
             inputs = plan_inputs(config)
@@ -269,11 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"kun-ray: config error: {redact(str(error))}", file=sys.stderr)
         return 2
-    except (JobError, RunNotFound) as error:
+    except BrokenPipeError:  # `kun-ray sql ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (JobError, RunNotFound, QueryError) as error:
         print(f"kun-ray: {redact(str(error))}", file=sys.stderr)
-        return 1
-    except duckdb.Error as error:  # a query's mistake: DuckDB's own message says what and where
-        print(f"kun-ray: {redact(str(error).splitlines()[0])}", file=sys.stderr)
         return 1
     except Exception:  # a failed run: its traceback, with any secret a library quoted masked
         print(redact(traceback.format_exc()), file=sys.stderr, end="")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kun_ray.config import StorageOptions, load_config
-from kun_ray.io.records import DOCUMENT_SCHEMA
+from kun_ray.io.records import DOCUMENT_SCHEMA, REJECT_SCHEMA
 from kun_ray.io.storage import is_local
 from kun_ray.ledger import Ledger
 from kun_ray.report import flow_report
@@ -38,6 +38,10 @@ IDENTITY = ("doc_id", "source", "shard", "text", "title", "meta")
 
 class RunNotFound(LookupError):
     """No kun-ray run at a path, or no such stage or document in it."""
+
+
+class QueryError(Exception):
+    """A query DuckDB could not run: its first line says what and where."""
 
 
 @dataclass
@@ -157,9 +161,20 @@ class Run:
         return stages
 
     def progress(self) -> dict[str, dict[str, Any]]:
-        """Each flow's committed shards against the run's input shards."""
-        total = len(self.settings.get("inputs", []))
-        return {flow: {"stage": FLOW_OUTPUTS[flow], "shards": len(ledger.shards), "of": total, "done": ledger.whole or len(ledger.shards) >= total} for flow, ledger in self.ledgers.items()}
+        """Each flow that has started: shards committed, of how many it will commit, and whether it is done.
+
+        A flow runs the shards its upstream flow kept rows of; dedup and final commit all theirs at once.
+        """
+        progress: dict[str, dict[str, Any]] = {}
+        of, upstream_done = len(self.settings.get("inputs", [])), True
+        for flow, ledger in self.ledgers.items():
+            if ledger.whole:
+                of, done = len(ledger.shards), upstream_done
+            else:
+                done = upstream_done and len(ledger.shards) >= of
+            progress[flow] = {"stage": FLOW_OUTPUTS[flow], "shards": len(ledger.shards), "of": of, "done": done}
+            of, upstream_done = sum(1 for kept in ledger.kept().values() if kept), done
+        return progress
 
     def funnel(self) -> list[dict[str, Any]]:
         """Each stage's rows in, kept and rejected by reason, overall and per source, counted from
@@ -197,7 +212,7 @@ class Run:
 
         files = self.reject_files(stage)
         if not files:
-            return ray.data.from_arrow(DOCUMENT_SCHEMA.empty_table())
+            return ray.data.from_arrow(REJECT_SCHEMA.empty_table())
         dataset = self.folder.read_parquet(files)
         for column, value in (("reason", reason), ("source", source)):
             if value is not None:

@@ -129,6 +129,8 @@ def _pyplot() -> Any:
 
 def histogram_svg(chart: Histogram) -> str:
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     figure, axes = plt.subplots(figsize=(6.4, 2.6))
     lefts, widths = chart.edges[:-1], [b - a for a, b in zip(chart.edges, chart.edges[1:])]
     axes.bar(lefts, chart.kept, width=widths, align="edge", color=KEPT, label="kept")
@@ -143,6 +145,7 @@ def histogram_svg(chart: Histogram) -> str:
         )
     axes.set_xlabel(chart.measure)
     axes.set_ylabel("rows")
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     axes.legend(frameon=False, fontsize=8, ncol=2, loc="lower left", bbox_to_anchor=(0, 1))
     return _svg(figure)
 

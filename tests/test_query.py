@@ -128,8 +128,11 @@ def test_only_committed_files_are_read(kun_run, tmp_path):
     shutil.copy(next((copy / "polished").glob("*.parquet")), stray)  # what a crashed write leaves
     shutil.rmtree(copy / "_commits" / "final")
     (copy / "report.json").unlink()
+    next((copy / "_commits" / "polish").glob("*.json")).unlink()  # one of polish's two shards not done yet
     run = Run.open(copy)
     assert run.stages == STAGES[:-1] and not run.finished
+    progress = run.progress()
+    assert progress["polish"] == {"stage": "polished", "shards": 1, "of": 2, "done": False} and progress["score"]["done"]
     assert run.sql("SELECT count(*) FROM scored").fetchall() == [(len(rows_of(kun_run[2] / "scored")),)]
     assert run.stage("scored").count() == len(rows_of(kun_run[2] / "scored"))
     assert "final" not in run.progress() and not any(s["flow"] == "final" for s in run.funnel())
