@@ -141,17 +141,22 @@ def _sql(args: argparse.Namespace) -> int:
 
     cursor = _open_run(args).connection.execute(args.query)
     columns = [d[0] for d in cursor.description or []]
-    rows = cursor.fetchall()
-    if args.json:
-        for row in rows:
-            print(json.dumps(dict(zip(columns, row)), ensure_ascii=False, default=str))
-    elif args.csv:
-        writer = csv.writer(sys.stdout)
-        writer.writerow(columns)
-        writer.writerows(rows)
-    else:
-        print(render(table(columns, rows)), end="")
-        print(f"({len(rows)} row{'s' * (len(rows) != 1)})")
+    if args.json or args.csv:  # every row, streamed
+        writer = csv.writer(sys.stdout) if args.csv else None
+        if writer:
+            writer.writerow(columns)
+        while rows := cursor.fetchmany(10_000):
+            for row in rows:
+                if writer:
+                    writer.writerow(row)
+                else:
+                    print(json.dumps(dict(zip(columns, row)), ensure_ascii=False, default=str))
+        return 0
+    rows = cursor.fetchmany(args.limit + 1) if args.limit else cursor.fetchall()
+    shown = rows[: args.limit] if args.limit else rows
+    print(render(table(columns, shown)), end="")
+    more = f"; the first {args.limit} shown, --limit 0 for all, or --json / --csv" if len(rows) > len(shown) else ""
+    print(f"({len(shown)}{'+' if more else ''} row{'s' * (len(shown) != 1)}{more})")
     return 0
 
 
@@ -215,6 +220,7 @@ def _parser() -> argparse.ArgumentParser:
     output_format = sql_cmd.add_mutually_exclusive_group()
     output_format.add_argument("--json", action="store_true", help="one JSON object per row (JSON Lines)")
     output_format.add_argument("--csv", action="store_true", help="CSV with a header row")
+    sql_cmd.add_argument("--limit", type=int, default=100, help="rows a table shows at most (default: 100; 0: all); --json and --csv give all")
     sample_cmd = commands.add_parser("sample", parents=[reading], help="print a few rows of a stage as readable pairs")
     sample_cmd.add_argument("--stage", default="final", help="a stage (documents, filtered, clean, labeled, scored, polished, final) or rejects (default: final)")
     sample_cmd.add_argument("-n", type=int, default=5, help="how many rows (default: 5)")

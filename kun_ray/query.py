@@ -92,7 +92,11 @@ def _clean(value: Any) -> Any:
 
 
 class Run:
-    """A run folder, read back.  Open one with `Run.open(path)`."""
+    """A run folder, read back.  Open one with `Run.open(path)`.
+
+    It reads the commits once, when opened: of a run that goes on, open it again to see what
+    was committed since.
+    """
 
     def __init__(self, folder: RunFolder):
         self.folder = folder
@@ -150,15 +154,6 @@ class Run:
         prefix = f"rejects/{stage}" if stage else "rejects"
         ledgers = [self.ledgers[flow]] if flow else list(self.ledgers.values())
         return sorted(f for ledger in ledgers for f in ledger.files(prefix))
-
-    @property
-    def reject_stages(self) -> list[str]:
-        """The stages that rejected rows, in run order."""
-        stages: list[str] = []
-        for step in self.funnel():
-            if step["rejected"] and step["stage"] not in stages:
-                stages.append(step["stage"])
-        return stages
 
     def progress(self) -> dict[str, dict[str, Any]]:
         """Each flow that has started: shards committed, of how many it will commit, and whether it is done.

@@ -67,10 +67,6 @@ def histogram(run: Run, title: str, measure: str, rows_sql: str, threshold: floa
     return Histogram(title, measure, [lo + i * width for i in range(BINS + 1)], kept, cut, threshold, side)
 
 
-def _setting(run: Run, key: str) -> Any:
-    return run.settings.get(key)
-
-
 def measure_histograms(run: Run) -> list[Histogram]:
     """Length and perplexity over every document the filter flow measured (kept ones and ones cut
     at or after that stage), and the score over every row the score stage judged."""
@@ -86,13 +82,13 @@ def measure_histograms(run: Run) -> list[Histogram]:
             cut = f"SELECT CAST({column} AS DOUBLE), stage = '{stage}' FROM ({rejected})" if column in rejected_columns else "SELECT NULL::DOUBLE, false LIMIT 0"
             return f"{kept} UNION ALL {cut}"
 
-        if _setting(run, "length.enabled"):
+        if run.settings.get("length.enabled"):
             has_tokens = run.connection.execute(f"SELECT count(x) FROM ({measured('n_tokens', 'length')})").fetchone()[0]
             if has_tokens:
-                charts.append(histogram(run, "Length in tokens", "tokens", measured("n_tokens", "length"), _setting(run, "length.max_tokens"), "max"))
+                charts.append(histogram(run, "Length in tokens", "tokens", measured("n_tokens", "length"), run.settings.get("length.max_tokens"), "max"))
             else:
-                charts.append(histogram(run, "Length in characters", "characters", measured("n_chars", "length"), _setting(run, "length.max_chars"), "max"))
-        if _setting(run, "perplexity.enabled"):
+                charts.append(histogram(run, "Length in characters", "characters", measured("n_chars", "length"), run.settings.get("length.max_chars"), "max"))
+        if run.settings.get("perplexity.enabled"):
             cut = run.manifest.get("fixed", {}).get("perplexity_cut", {}).get("max_ppl")
             charts.append(histogram(run, "Perplexity (KenLM)", "perplexity", measured("ppl", "perplexity"), cut, "max"))
     if "score" in run.ledgers:
@@ -100,7 +96,7 @@ def measure_histograms(run: Run) -> list[Histogram]:
         score_rejects = run.reject_files("score")
         if score_rejects and "score" in run.sql(f"SELECT * FROM {run.scan(score_rejects)} LIMIT 0").columns:
             scored += f" UNION ALL SELECT CAST(score AS DOUBLE), reason = 'score_below_min' FROM {run.scan(score_rejects)}"
-        charts.append(histogram(run, "Score", "score", scored, _setting(run, "score.min_score"), "min"))
+        charts.append(histogram(run, "Score", "score", scored, run.settings.get("score.min_score"), "min"))
     return [c for c in charts if c is not None]
 
 

@@ -180,6 +180,9 @@ def test_cli_sql_as_a_table_json_and_csv(local, kun_run, capsys):
     # Chinese is two columns a character: the doc_id column starts at the same display column on every line.
     starts = {cell_len(line[: line.index(doc)]) for line, doc in ((line, line.split()[-1]) for line in body)}
     assert len(starts) == 1
+    code, out, _ = cli(capsys, "sql", str(kun_run[2]), "SELECT doc_id FROM clean", "--limit", "2")
+    lines = out.splitlines()  # a table stops at --limit, and says so
+    assert code == 0 and len(lines) == 5 and lines[-1].startswith("(2+ rows; the first 2 shown")
 
 
 def test_cli_sample_prints_pairs_wrapped_by_display_width(kun_run, capsys, monkeypatch):
