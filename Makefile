@@ -21,8 +21,8 @@ demo: $(VENV)/.installed
 	$(BIN)/python -m kun_ray.smoke_models jobs/demo.yaml runs/smoke-models
 	$(BIN)/kun-ray run --fresh jobs/demo.yaml
 	@echo
-	@echo "Read it back: runs/demo/{documents,filtered,clean,labeled,scored,polished,final}/ and runs/demo/rejects/ (Parquet),"
-	@echo "runs/demo/export/{alpaca,messages}/ (JSONL), runs/demo/report.json. The smoke-test models write gibberish."
+	@echo "Read it back: $(BIN)/kun-ray show runs/demo, sql, sample, trace, or report (docs/query.md);"
+	@echo "the stages are Parquet in runs/demo/, the export JSONL in runs/demo/export/. The smoke-test models write gibberish."
 
 # The report test opens `kun-ray report`'s page in a real headless browser: Debian's chromium,
 # installed here when it is missing (as root, or through sudo).

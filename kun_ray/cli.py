@@ -189,6 +189,37 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    import json
+
+    from kun_ray.config import load_train_config
+    from kun_ray.train.trainer import train
+
+    config = load_train_config(args.config, args.set)
+    _log_to_stderr()
+    _connect_ray()
+    report = train(config)
+    for problem in report["skipped_seed_rows"][:10]:
+        print(f"kun-ray: skipped {problem}", file=sys.stderr)
+    summary = {k: report[k] for k in ("role", "examples", "prompt_too_long", "steps", "model")}
+    print(json.dumps({**summary, "first_loss": report["loss"][0] if report["loss"] else None, "last_loss": report["loss"][-1] if report["loss"] else None}, ensure_ascii=False))
+    return 0
+
+
+def _loop(args: argparse.Namespace) -> int:
+    import json
+
+    from kun_ray.config import load_loop_config
+    from kun_ray.train.loop import loop
+
+    config = load_loop_config(args.config, args.set)
+    _log_to_stderr()
+    _connect_ray()
+    for iteration in loop(config):
+        print(json.dumps(iteration, ensure_ascii=False))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kun-ray", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -205,6 +236,12 @@ def _parser() -> argparse.ArgumentParser:
     run_cmd.add_argument("--no-progress", action="store_true", help="hide Ray Data's progress bars")
     validate_cmd = commands.add_parser("validate", parents=[overrides], help="check a config and list its input files, without running it")
     validate_cmd.add_argument("config", help="the run's YAML config")
+
+    train_cmd = commands.add_parser("train", parents=[overrides], help="fine-tune a label, chat or final model on Ray Train; a stopped training resumes")
+    train_cmd.add_argument("config", help="the training YAML config (role, base_model, seed, output, ...)")
+
+    loop_cmd = commands.add_parser("loop", parents=[overrides], help="Humpback's self-alignment loop: curate, train, re-curate with the trained model, train again")
+    loop_cmd.add_argument("config", help="the loop YAML config (output, curate, train, iterations)")
 
     submit_cmd = commands.add_parser("submit", parents=[overrides, resume, address], help="run a config as a Ray job on a cluster; prints the job id")
     submit_cmd.add_argument("config", help="the run's YAML config; local files it names by relative paths go with the job")
@@ -273,6 +310,10 @@ def main(argv: list[str] | None = None) -> int:
             return _jobs(args)
         if args.command in READERS:
             return _read(args)
+        if args.command == "train":
+            return _train(args)
+        if args.command == "loop":
+            return _loop(args)
         config = load_config(args.config, args.set)
         try:  # before Ray starts: a glob that matches nothing, a bad prompt file, stop here
             inputs = plan_inputs(config)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import (
@@ -289,6 +289,11 @@ class PolishConfig(LLMStageConfig):
     max_unit_repeats: int = Field(default=10, gt=0)
 
 
+#: Humpback's tags (arXiv 2308.06259): the system prompt that tells seed pairs from generated ones.
+SEED_TAG = "Answer in the style of an AI Assistant."
+CURATED_TAG = "Answer with knowledge from web search."
+
+
 class FinalConfig(StrictModel):
     """The final dataset: dedup on the instruction, then Parquet and JSONL (Alpaca and messages)."""
 
@@ -297,7 +302,7 @@ class FinalConfig(StrictModel):
     near_dedup: NearDedupConfig = NearDedupConfig()
     formats: list[Literal["alpaca", "messages"]] = Field(default_factory=lambda: ["alpaca", "messages"])
     #: Humpback's tag for augmented rows in messages form; null for none.
-    system_prompt: str | None = "Answer with knowledge from web search."
+    system_prompt: str | None = CURATED_TAG
 
 
 class RunConfig(StrictModel):
@@ -357,6 +362,91 @@ class RunConfig(StrictModel):
         return next(s for s in self.sources if s.name == name)
 
 
+#: Hyperparameters from the papers, by name; keys a training config sets itself win.
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    # Kun (arXiv 2401.06477): the label (backward) model 6 epochs, the chat model 4, both at lr 1e-5.
+    "kun_label": {"epochs": 6, "learning_rate": 1e-5},
+    "kun_chat": {"epochs": 4, "learning_rate": 1e-5},
+}
+
+
+class LoraSettings(StrictModel):
+    """LoRA through PEFT; absent from a training config, every weight is trained."""
+
+    r: int = Field(default=16, gt=0)
+    alpha: int = Field(default=32, gt=0)
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class TrainScaling(StrictModel):
+    """Ray Train's ScalingConfig: data-parallel workers, each with its GPU (or CPUs)."""
+
+    num_workers: int = Field(default=1, gt=0)
+    use_gpu: bool = True
+    cpus_per_worker: float = Field(default=1, gt=0)
+    accelerator_type: str | None = None
+
+
+class TrainConfig(StrictModel):
+    """`kun-ray train`: fine-tune a label, chat or final model on Ray Train."""
+
+    #: label: seed pairs turned around (output -> instruction) in the label stage's prompt;
+    #: chat: seed pairs as they are; final: seed pairs plus curated ones, tagged apart (Humpback).
+    role: Literal["label", "chat", "final"]
+    base_model: str
+    #: Seed pairs: JSONL (instruction, output) or Parquet, local or on object storage; globs allowed.
+    seed: list[str] = Field(min_length=1)
+    #: The final role's generated pairs: run folders whose final/ it reads (instruction, answer or text).
+    curated: list[str] = Field(default_factory=list)
+    #: Where checkpoints (Ray Train) and the trained model (model/) go, local or object storage.
+    output: str
+    preset: Literal["kun_label", "kun_chat"] | None = None
+    epochs: float | None = Field(default=None, gt=0)
+    learning_rate: float | None = Field(default=None, gt=0)
+    batch_size: int = Field(default=8, gt=0)
+    gradient_accumulation_steps: int = Field(default=1, gt=0)
+    max_length: int = Field(default=1024, gt=0)
+    warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    lora: LoraSettings | None = None
+    scaling: TrainScaling = TrainScaling()
+    #: Steps between checkpoints (default: one per epoch); the newest `keep_checkpoints` stay.
+    save_steps: int | None = Field(default=None, gt=0)
+    keep_checkpoints: int = Field(default=2, gt=0)
+    #: The label role's prompt: the label stage's template, so the model is asked as it was trained.
+    label_template: Literal["kun", "humpback"] = "kun"
+    seed_tag: str = SEED_TAG
+    curated_tag: str = CURATED_TAG
+    random_seed: int = 0
+    storage: StorageOptions = StorageOptions()
+
+    @model_validator(mode="after")
+    def _apply_preset(self) -> TrainConfig:
+        preset = TRAIN_PRESETS.get(self.preset or "", {})
+        self.epochs = self.epochs if self.epochs is not None else preset.get("epochs", 3)
+        self.learning_rate = self.learning_rate if self.learning_rate is not None else preset.get("learning_rate", 1e-5)
+        if self.curated and self.role != "final":
+            raise ValueError(f"curated pairs are for the final role, not {self.role}")
+        return self
+
+
+class LoopConfig(StrictModel):
+    """`kun-ray loop`: Humpback's self-alignment loop.  Iteration k curates with the run config
+    (from the second on, with the model trained in the one before) into <output>/iter-k/curated,
+    then trains the final role on seed + those pairs into <output>/iter-k/train."""
+
+    output: str
+    #: The run config each iteration curates with (label, score, ...), relative to this file.
+    curate: str
+    #: The training config of the final role (base model, seed, hyperparameters), relative to this file.
+    train: str
+    iterations: int = Field(default=2, ge=1)
+    #: The LLM stages that take the newest trained model from the second iteration on (Humpback: score).
+    curate_with_trained: list[Literal["label", "score", "polish"]] = Field(default_factory=lambda: ["score"])
+
+
 #: The keys that name a file or folder of the run's own (models, tokenizers, prompts), as (section, key).
 FILE_KEYS = [("length", "tokenizer"), ("perplexity", "kenlm_model"), ("perplexity", "sentencepiece_model")] + [
     (stage, key) for stage in ("label", "score", "polish") for key in ("model", "prompt_file")
@@ -389,9 +479,8 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
     return [m for arg in get_args(annotation) for m in _models_in(arg)]
 
 
-def _known_keys(loc: tuple[Any, ...]) -> list[str]:
-    """The keys a config accepts at `loc`, for "did you mean" hints."""
-    model: type[BaseModel] = RunConfig
+def _known_keys(loc: tuple[Any, ...], model: type[BaseModel]) -> list[str]:
+    """The keys a config of type `model` accepts at `loc`, for "did you mean" hints."""
     for part in loc:
         if isinstance(part, int):
             continue
@@ -403,13 +492,13 @@ def _known_keys(loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields)
 
 
-def _one_line(error: ValidationError) -> str:
+def _one_line(error: ValidationError, model: type[BaseModel] = RunConfig) -> str:
     # An unknown key is the most telling error: a typo also makes its intended key "missing".
     errors = sorted(error.errors(), key=lambda e: e["type"] != "extra_forbidden")
     first = errors[0]
     kind, msg = first["type"], first["msg"]
     if kind == "extra_forbidden":
-        close = difflib.get_close_matches(str(first["loc"][-1]), _known_keys(first["loc"][:-1]), n=1)
+        close = difflib.get_close_matches(str(first["loc"][-1]), _known_keys(first["loc"][:-1], model), n=1)
         msg = "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
     elif kind == "missing":
         msg = "missing required key"
@@ -419,16 +508,24 @@ def _one_line(error: ValidationError) -> str:
     return f"{_location(first['loc'])}: {msg}" + (f" (and {more} more)" if more else "")
 
 
-def parse_config(data: Any, base: Path = Path.cwd()) -> RunConfig:
-    """Validate a config mapping; local paths resolve against `base`."""
+Config = TypeVar("Config", bound=BaseModel)
+
+
+def _validated(model: type[Config], data: Any) -> Config:
+    """A config mapping as `model`, or a one-line ConfigError."""
     if not isinstance(data, dict):
         raise ConfigError("the config must be a mapping of keys to values")
     # Top-level `x-...` keys hold YAML anchors for reuse (as in Compose files); they are not settings.
     data = {key: value for key, value in data.items() if not str(key).startswith("x-")}
     try:
-        config = RunConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(_one_line(error)) from None
+        raise ConfigError(_one_line(error, model)) from None
+
+
+def parse_config(data: Any, base: Path = Path.cwd()) -> RunConfig:
+    """Validate a config mapping; local paths resolve against `base`."""
+    config = _validated(RunConfig, data)
     config._as_written = {f"{section}.{key}": value for section, key in FILE_KEYS if (value := getattr(getattr(config, section), key)) is not None}
     for source in config.sources:
         source.paths = [_resolve_local(p, base) for p in source.paths]
@@ -443,6 +540,43 @@ def parse_config(data: Any, base: Path = Path.cwd()) -> RunConfig:
         if stage.prompt_file is not None:
             stage.prompt_file = _resolve_local(stage.prompt_file, base)
     return config
+
+
+def parse_train_config(data: Any, base: Path = Path.cwd()) -> TrainConfig:
+    """Validate a training config mapping; local paths resolve against `base`."""
+    config = _validated(TrainConfig, data)
+    config.base_model = _resolve_model(config.base_model, base) or config.base_model
+    config.seed = [_resolve_local(p, base) for p in config.seed]
+    config.curated = [_resolve_local(p, base) for p in config.curated]
+    config.output = _resolve_local(config.output, base)
+    return config
+
+
+def parse_loop_config(data: Any, base: Path = Path.cwd()) -> LoopConfig:
+    """Validate a loop config mapping; its output and the configs it names resolve against `base`."""
+    config = _validated(LoopConfig, data)
+    config.output, config.curate, config.train = (_resolve_local(p, base) for p in (config.output, config.curate, config.train))
+    return config
+
+
+def _load(path: str | os.PathLike[str], overrides: Sequence[str], parse: Callable[[Any, Path], Config]) -> tuple[Any, Config]:
+    """A YAML config file with `--set` overrides, as data and parsed; every failure is a one-line ConfigError naming the file."""
+    file = Path(path)
+    data = apply_overrides(read_config_file(file), overrides)
+    try:
+        return data, parse(data, Path(os.path.abspath(file)).parent)
+    except ConfigError as error:
+        raise ConfigError(f"{file}: {error}") from None
+
+
+def load_train_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> TrainConfig:
+    """A training config file (kun-ray train) with `--set` overrides."""
+    return _load(path, overrides, parse_train_config)[1]
+
+
+def load_loop_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> LoopConfig:
+    """A loop config file (kun-ray loop) with `--set` overrides."""
+    return _load(path, overrides, parse_loop_config)[1]
 
 
 def _resolve_model(name: str | None, base: Path) -> str | None:
@@ -502,12 +636,7 @@ def apply_overrides(data: Any, overrides: Sequence[str]) -> Any:
 
 def load_config_data(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> tuple[Any, RunConfig]:
     """A YAML config file with `--set` overrides, as data and validated; every failure is a one-line ConfigError."""
-    file = Path(path)
-    data = apply_overrides(read_config_file(file), overrides)
-    try:
-        return data, parse_config(data, base=Path(os.path.abspath(file)).parent)
-    except ConfigError as error:
-        raise ConfigError(f"{file}: {error}") from None
+    return _load(path, overrides, parse_config)
 
 
 def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> RunConfig:

@@ -261,6 +261,8 @@ def test_every_gpu_stage_of_the_ready_configs_can_be_placed_on_every_cluster():
             section = data.get(stage) or {}
             if section.get("device", "gpu") == "gpu" and section.get("enabled", True) and section:
                 asked.add(section.get("accelerator_type"))
+        if (scaling := data.get("scaling")) and scaling.get("use_gpu", True):  # a training config's workers
+            asked.add(scaling.get("accelerator_type"))
     asked.discard(None)  # any GPU will do
     assert asked, "jobs/ names no accelerator type: this test checks nothing"
     for name, offered in _offered_accelerators().items():
