@@ -78,6 +78,14 @@ def test_seed_rows_that_are_not_pairs_are_skipped_with_where_and_why(tmp_path):
     assert problems == [f"{tmp_path / 'seed.jsonl'}:2: not a pair with a non-empty instruction and output", f"{tmp_path / 'seed.jsonl'}:3: not a pair with a non-empty instruction and output"]
 
 
+def test_a_seed_with_no_pairs_stops_before_any_worker_with_one_line(tmp_path, smoke_models):
+    from kun_ray.train.trainer import train
+
+    (tmp_path / "seed.jsonl").write_text('{"instruction": "q"}\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=f"label: no training examples in {tmp_path / 'seed.jsonl'}"):
+        train(config(tmp_path, base_model=str(smoke_models["chat_model"])))
+
+
 def test_presets_and_one_line_config_errors(tmp_path):
     assert (config(tmp_path, preset="kun_label").epochs, config(tmp_path, preset="kun_label").learning_rate) == (6, 1e-5)
     assert config(tmp_path, preset="kun_chat", epochs=1).epochs == 1  # a key of the config's own wins
@@ -143,6 +151,28 @@ def test_a_second_training_into_the_same_output_resumes_from_its_last_checkpoint
     report = json.loads((folder / "out" / "train_report.json").read_text(encoding="utf-8"))
     assert report["steps"] == printed["steps"] == 18 and len(report["loss"]) == 18  # steps 1-16 from the first run's checkpoint, then 17-18
     assert report["loss"][:16] == first["loss"] and printed["model"] == str(folder / "out" / "model")
+
+
+def test_seed_from_s3_as_jsonl_and_parquet_checkpoints_and_model_to_s3(ray_cluster, smoke_models, s3):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from kun_ray.train.trainer import train
+
+    fs = s3.fs()
+    fs.pipe("corpora/seed/part-1.jsonl", "\n".join(json.dumps({"instruction": p.instruction, "output": p.output}, ensure_ascii=False) for p in SEED[:4]).encode("utf-8"))
+    with fs.open("corpora/seed/part-2.parquet", "wb") as f:
+        pq.write_table(pa.Table.from_pylist([{"instruction": p.instruction, "output": p.output} for p in SEED[4:]]), f)
+    keys = {
+        "role": "chat", "base_model": str(smoke_models["chat_model"]), "seed": ["s3://corpora/seed/*"], "output": "s3://runs/train-s3",
+        "epochs": 1, "batch_size": 2, "dtype": "float32", "storage": s3.storage(), "scaling": {"num_workers": 2, "use_gpu": False, "cpus_per_worker": 0.5},
+    }  # fmt: skip
+    report = train(parse_train_config(keys))
+    assert report["seed_pairs"] == 8 and report["examples"] == 8 and report["steps"] == 2
+    fs.invalidate_cache()
+    assert json.loads(fs.cat_file("runs/train-s3/train_report.json")) == report
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.rsplit("/", 1)[-1] for p in fs.ls("runs/train-s3/model")}
+    assert any(p.rsplit("/", 1)[-1].startswith("checkpoint_") for p in fs.ls("runs/train-s3/ray-train"))
 
 
 def test_the_humpback_loop_curates_trains_and_recurates_with_the_trained_model(ray_cluster, smoke_models, tmp_path):

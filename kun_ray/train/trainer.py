@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from kun_ray.config import TrainConfig
+from kun_ray.config import ConfigError, TrainConfig
 from kun_ray.io.storage import expand, is_local, pyarrow_filesystem, url_to_fs
 from kun_ray.train.examples import IGNORE, Pair, encode, pair_of, role_messages
 
@@ -177,7 +177,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(config.base_model)
     rows, counts = examples(config, tokenizer)
     if not rows:
-        raise ValueError(f"{config.role}: no training examples (seed: {', '.join(config.seed)})")
+        raise ConfigError(f"{config.role}: no training examples in {', '.join(config.seed + config.curated)}")
     per_epoch, max_steps = steps(len(rows), config)
     fs, root = url_to_fs(config.output, config.storage)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
