@@ -164,10 +164,7 @@ def _sample(args: argparse.Namespace) -> int:
     from kun_ray.terminal import pairs
 
     run = _open_run(args)
-    relation = run.table(args.stage)
-    if args.where:
-        relation = relation.filter(args.where)
-    rows = run.rows(f"SELECT * FROM ({relation.sql_query()}) USING SAMPLE reservoir({args.n} ROWS) REPEATABLE ({args.seed})")
+    rows = run.sample(args.stage, args.n, args.where, args.seed)
     if not rows:
         print(f"no rows in {args.stage}" + (f" where {args.where}" if args.where else ""))
         return 0

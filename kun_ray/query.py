@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kun_ray.config import StorageOptions, load_config
-from kun_ray.io.records import DOCUMENT_SCHEMA, REJECT_SCHEMA
-from kun_ray.io.storage import is_local
+from kun_ray.io.records import DOCUMENT_SCHEMA, MEASURES, REJECT_SCHEMA
+from kun_ray.io.storage import is_local, to_url
 from kun_ray.ledger import Ledger
 from kun_ray.report import flow_report
 from kun_ray.run import FLOW_OUTPUTS, MANIFEST, RunFolder
@@ -218,12 +218,8 @@ class Run:
 
     def scan(self, files: list[str]) -> str:
         """A DuckDB table expression over run-folder files (relative paths, as `files()` gives them)."""
-        paths = ", ".join(_sql_string(self._duckdb_path(f)) for f in files)
+        paths = ", ".join(_sql_string(to_url(self.folder.fs, self.folder.path(f))) for f in files)
         return f"read_parquet([{paths}], union_by_name = true)"
-
-    def _duckdb_path(self, relpath: str) -> str:
-        path = self.folder.path(relpath)
-        return path if is_local(self.folder.fs) else self.folder.fs.unstrip_protocol(path)
 
     @cached_property
     def connection(self) -> duckdb.DuckDBPyConnection:
@@ -263,6 +259,14 @@ class Run:
         columns = [d[0] for d in cursor.description]
         return [dict(zip(columns, map(_clean, values))) for values in cursor.fetchall()]
 
+    def sample(self, name: str, n: int, where: str | None = None, seed: int = 0) -> list[dict[str, Any]]:
+        """`n` rows of a stage (or `rejects`) picked at random, the same ones for the same seed;
+        `where` is a SQL condition on its columns."""
+        relation = self.table(name)
+        if where:
+            relation = relation.filter(where)
+        return self.rows(f"SELECT * FROM ({relation.sql_query()}) USING SAMPLE reservoir({int(n)} ROWS) REPEATABLE ({int(seed)})")
+
     def table(self, name: str) -> duckdb.DuckDBPyRelation:
         """A stage (or `rejects`, `funnel`) as a DuckDB relation: `.filter("score > 0.8").df()`."""
         if name not in (*self.stages, "rejects", "funnel"):
@@ -290,7 +294,7 @@ class Run:
         seen: dict[str, Any] = {}
         for name, row in rows:
             if name == "rejects":
-                measures = {k: v for k, v in row.items() if k in ("n_chars", "n_tokens", "ppl", "score", "instruction", "answer") and v is not None and seen.get(k) != v}
+                measures = {k: v for k, v in row.items() if k in (*MEASURES, "instruction", "answer") and v is not None and seen.get(k) != v}
                 steps.append(TraceStep(row["stage"], False, measures, row["reason"], row["detail"]))
             else:
                 added = {k: v for k, v in row.items() if k not in IDENTITY and v is not None and k not in seen}

@@ -200,7 +200,7 @@ def sample_pairs(run: Run, n: int = 5) -> tuple[str | None, list[dict[str, Any]]
     """A few rows of the last stage that has instructions (final, else polished, scored, labeled)."""
     for stage in ("final", "polished", "scored", "labeled"):
         if stage in run.stages and run.files(stage):
-            rows = run.rows(f"SELECT * FROM {stage} USING SAMPLE reservoir({n} ROWS) REPEATABLE (0)")
+            rows = run.sample(stage, n)
             for row in rows:
                 text = " ".join((row.get("text") or "").split())
                 row["text_shown"] = text if len(text) <= SAMPLE_TEXT_CHARS else text[:SAMPLE_TEXT_CHARS] + "…"
