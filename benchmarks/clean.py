@@ -64,7 +64,7 @@ def run_kun_ray(corpus: Path, models: dict, max_ppl: float, cpus: int, out: Path
     import pyarrow.dataset as pads
     import ray
 
-    from kun_ray.config import parse_config
+    from kun_ray.plan import parse_config
     from kun_ray.pipeline import run
 
     config = parse_config(

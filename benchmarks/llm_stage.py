@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 
-from kun_ray.config import LabelConfig
+from kun_ray.llm.label import LabelConfig
 from kun_ray.llm.label import LabelTask
 
 PHRASES = [
@@ -94,7 +94,7 @@ def run_kun_ray(args: argparse.Namespace) -> dict:
     stream = ray.data.from_arrow(pa.Table.from_pylist(rows, schema=STREAM_SCHEMA)).materialize()
     started = time.monotonic()
     n = tokens = 0
-    for batch in Engine(LabelTask(config), config, StorageOptions()).run(stream).iter_batches(batch_format="pyarrow", batch_size=None):
+    for batch in Engine(LabelTask(config), config, StorageOptions(), "label").run(stream).iter_batches(batch_format="pyarrow", batch_size=None):
         n += batch.num_rows
         tokens += sum(batch["label_tokens"].to_pylist())
     return {"rows": n, "tokens": tokens, "wall_s": time.monotonic() - started}

@@ -23,7 +23,7 @@ import psutil
 import ray
 import ray.data
 
-from kun_ray.config import parse_config
+from kun_ray.plan import parse_config
 from kun_ray.io.read import plan_inputs, read_documents
 
 PHRASES = [

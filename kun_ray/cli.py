@@ -11,9 +11,9 @@ import os
 import sys
 import traceback
 
-from kun_ray.config import ConfigError, RunConfig, load_config
+from kun_ray.config import ConfigError, RunConfig
 from kun_ray.io.read import InputFile, plan_inputs
-from kun_ray.pipeline import llm_tasks, run
+from kun_ray.plan import build_plan, load_config
 from kun_ray.run import RunFolder, run_settings
 from kun_ray.secrets import RedactingFilter, redact
 
@@ -36,8 +36,9 @@ def _validate(config: RunConfig, inputs: list[InputFile]) -> int:
     for source in config.sources:
         n = sum(f.source == source.name for f in inputs)
         print(f"{source.name}: {source.format}, {n} file{'s' * (n != 1)}")
-    for name in config.llm_stages():
-        print(f"{name}: {getattr(config, name).model}")
+    for flow in build_plan(config).flows:
+        stages = ", ".join(f"{s.name} ({s.config.model})" if getattr(s.config, "model", None) else s.name for s in flow.stages)
+        print(f"{flow.name} -> {flow.output}/: {stages or 'no stage'}")
     print(f"output: {config.output.path}")
     return 0
 
@@ -54,6 +55,7 @@ def _log_to_stderr() -> None:
 
 
 def _run(config: RunConfig, inputs: list[InputFile], progress: bool, fresh: bool, force: bool) -> int:
+    from kun_ray.pipeline import run
     from kun_ray.report import format_flows, format_table
 
     if not fresh:  # before Ray starts: a run folder of another config stops here
@@ -311,10 +313,9 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args)
         if args.command == "loop":
             return _loop(args)
-        config = load_config(args.config, args.set)
-        try:  # before Ray starts: a glob that matches nothing, a bad prompt file, stop here
+        config = load_config(args.config, args.set)  # a bad prompt file, a stage out of order, stop here
+        try:  # before Ray starts: a glob that matches nothing stops here
             inputs = plan_inputs(config)
-            llm_tasks(config)
         except ConfigError as error:
             raise ConfigError(f"{args.config}: {error}") from None
         if args.command == "validate":

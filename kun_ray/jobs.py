@@ -36,7 +36,8 @@ from typing import Any
 import yaml
 
 import kun_ray
-from kun_ray.config import RunConfig, load_config_data
+from kun_ray.config import RunConfig
+from kun_ray.plan import load_config_data
 from kun_ray.io.storage import expand
 from kun_ray.secrets import redact
 

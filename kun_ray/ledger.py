@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from kun_ray.io.records import MEASURES, REJECT_COLUMNS, REJECT_SCHEMA, column_or_nulls
+from kun_ray.io.records import REJECT_COLUMNS, column_or_nulls, reject_schema
 
 logger = logging.getLogger("kun_ray")
 
@@ -83,6 +83,8 @@ class BlockWriter:
     output: str
     #: Columns whose totals the flow reports (an LLM stage's generated tokens).
     sums: tuple[str, ...] = ()
+    #: The measure columns its reject rows keep, with their types (the plan's, up to this flow).
+    measures: tuple[tuple[str, pa.DataType], ...] = ()
 
     def write(self, batch: pa.Table) -> dict[str, dict[str, Any]]:
         """Write a block's rows, per shard; for each shard, what was written (ShardCommit.add's part)."""
@@ -123,7 +125,7 @@ class BlockWriter:
         tables = [(f"{self.output}/{name}", kept.drop_columns(REJECT_COLUMNS))] if kept.num_rows else []
         rejected = rows.filter(pc.invert(live))
         for stage in pc.unique(rejected["reject_stage"]).to_pylist():
-            tables.append((f"rejects/{stage}/{name}", as_rejects(rejected.filter(pc.equal(rejected["reject_stage"], stage)))))
+            tables.append((f"rejects/{stage}/{name}", as_rejects(rejected.filter(pc.equal(rejected["reject_stage"], stage)), self.measures)))
         return tables
 
     def _counts(self, rows: pa.Table) -> dict[str, Any]:
@@ -139,8 +141,8 @@ class BlockWriter:
         return path
 
 
-def as_rejects(batch: pa.Table) -> pa.Table:
-    """Stream rows a stage rejected, as rows of rejects/<stage>/."""
+def as_rejects(batch: pa.Table, measures: tuple[tuple[str, pa.DataType], ...] = ()) -> pa.Table:
+    """Stream rows a stage rejected, as rows of rejects/<stage>/, with the measures they had."""
     return pa.table(
         {
             "doc_id": batch["doc_id"],
@@ -152,9 +154,9 @@ def as_rejects(batch: pa.Table) -> pa.Table:
             "text": batch["text"].cast(pa.large_string()),
             "instruction": column_or_nulls(batch, "instruction", pa.string()),
             "answer": column_or_nulls(batch, "answer", pa.large_string()),
-            **{name: column_or_nulls(batch, name, REJECT_SCHEMA.field(name).type) for name in MEASURES},
+            **{name: column_or_nulls(batch, name, kind) for name, kind in measures},
         },
-        schema=REJECT_SCHEMA,
+        schema=reject_schema(measures),
     )
 
 

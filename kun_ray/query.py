@@ -16,17 +16,17 @@ counted from the same commits, so it is live too; report.json is written when a 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kun_ray.config import StorageOptions, load_config
-from kun_ray.io.records import DOCUMENT_SCHEMA, MEASURES, REJECT_SCHEMA
+from kun_ray.config.base import StorageOptions
+from kun_ray.io.records import DOCUMENT_SCHEMA, REJECT_SCHEMA
 from kun_ray.io.storage import is_local, to_url
 from kun_ray.ledger import Ledger
 from kun_ray.report import flow_report
-from kun_ray.run import FLOW_OUTPUTS, MANIFEST, RunFolder
+from kun_ray.run import MANIFEST, FlowLayout, RunFolder, layout, measures
+from kun_ray.trace import Trace, TraceStep
 
 if TYPE_CHECKING:
     import duckdb
@@ -42,44 +42,6 @@ class RunNotFound(LookupError):
 
 class QueryError(Exception):
     """A query DuckDB could not run: its first line says what and where."""
-
-
-@dataclass
-class TraceStep:
-    """One stage of a document's journey: the folder it was kept in, or the stage that rejected it."""
-
-    stage: str
-    kept: bool
-    #: Columns this stage added to the row (instruction, score, answer, ...), or a reject's measures.
-    added: dict[str, Any] = field(default_factory=dict)
-    reason: str | None = None
-    detail: str | None = None
-
-
-@dataclass
-class Trace:
-    """A document's journey through a run: every stage that kept it, then the one that dropped it, if any."""
-
-    doc_id: str
-    source: str
-    shard: str
-    text: str
-    steps: list[TraceStep]
-
-    @property
-    def dropped(self) -> TraceStep | None:
-        return next((step for step in self.steps if not step.kept), None)
-
-    @property
-    def outcome(self) -> str:
-        if self.dropped is not None:
-            return f"dropped by {self.dropped.stage}: {self.dropped.reason}"
-        return f"kept through {self.steps[-1].stage}" if self.steps else "not read yet"
-
-    def __str__(self) -> str:
-        from kun_ray.terminal import format_trace
-
-        return format_trace(self)
 
 
 def _sql_string(value: str) -> str:
@@ -104,8 +66,11 @@ class Run:
         if not folder.exists(MANIFEST):
             raise RunNotFound(f"{self.url}: no kun-ray run here (no {MANIFEST})")
         self.manifest: dict[str, Any] = folder.read_json(MANIFEST)
+        #: The run's flows, in order, as its plan laid them out.
+        self.layout: list[FlowLayout] = layout(self.manifest)
         #: Each flow that has committed shards, in run order.
-        self.ledgers = {flow: ledger for flow in FLOW_OUTPUTS if (ledger := Ledger(folder, flow)).shards}
+        self.ledgers = {flow.name: ledger for flow in self.layout if (ledger := Ledger(folder, flow.name)).shards}
+        self._outputs = {flow.name: flow.output for flow in self.layout}
 
     @classmethod
     def open(cls, path: str | Path, storage: StorageOptions | dict[str, Any] | None = None) -> Run:
@@ -115,6 +80,8 @@ class Run:
         """
         text = str(path)
         if text.endswith((".yaml", ".yml")) and Path(text).is_file():
+            from kun_ray.plan import load_config
+
             config = load_config(text)
             return cls(RunFolder.of(config))
         options = storage if isinstance(storage, StorageOptions) else StorageOptions(**(storage or {}))
@@ -128,7 +95,12 @@ class Run:
     @property
     def stages(self) -> list[str]:
         """The folders of kept rows this run has committed shards of, in run order."""
-        return [FLOW_OUTPUTS[flow] for flow in self.ledgers]
+        return [self._outputs[flow] for flow in self.ledgers]
+
+    @property
+    def measures(self) -> list[str]:
+        """The measure columns the run's stages declare (n_tokens, ppl, score, ...), which reject rows keep."""
+        return measures(self.manifest)
 
     @property
     def report(self) -> dict[str, Any] | None:
@@ -167,7 +139,7 @@ class Run:
                 of, done = len(ledger.shards), upstream_done
             else:
                 done = upstream_done and len(ledger.shards) >= of
-            progress[flow] = {"stage": FLOW_OUTPUTS[flow], "shards": len(ledger.shards), "of": of, "done": done}
+            progress[flow] = {"stage": self._outputs[flow], "shards": len(ledger.shards), "of": of, "done": done}
             of, upstream_done = sum(1 for kept in ledger.kept().values() if kept), done
         return progress
 
@@ -183,7 +155,7 @@ class Run:
         return stages
 
     def _flow(self, stage: str) -> str:
-        for flow, output in FLOW_OUTPUTS.items():
+        for flow, output in self._outputs.items():
             if output == stage and flow in self.ledgers:
                 return flow
         known = ", ".join(self.stages) or "none yet"
@@ -294,7 +266,7 @@ class Run:
         seen: dict[str, Any] = {}
         for name, row in rows:
             if name == "rejects":
-                measures = {k: v for k, v in row.items() if k in (*MEASURES, "instruction", "answer") and v is not None and seen.get(k) != v}
+                measures = {k: v for k, v in row.items() if k in (*self.measures, "instruction", "answer") and v is not None and seen.get(k) != v}
                 steps.append(TraceStep(row["stage"], False, measures, row["reason"], row["detail"]))
             else:
                 added = {k: v for k, v in row.items() if k not in IDENTITY and v is not None and k not in seen}

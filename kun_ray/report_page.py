@@ -68,35 +68,30 @@ def histogram(run: Run, title: str, measure: str, rows_sql: str, threshold: floa
 
 
 def measure_histograms(run: Run) -> list[Histogram]:
-    """Length and perplexity over every document the filter flow measured (kept ones and ones cut
-    at or after that stage), and the score over every row the score stage judged."""
+    """A histogram of each measure a stage of the plan charts (length, perplexity, score, ...),
+    over every row that stage measured: the rows its flow kept, and the ones cut at or after it."""
+    declared = (run.manifest.get("plan") or {}).get("stages") or {}  # runs of kun-ray 0.1 have no plan
+    fixed = run.manifest.get("fixed", {})
     charts: list[Histogram] = []
-    if "filter" in run.ledgers:
-        filter_rejects = run.reject_files(flow="filter")
-        rejected = f"SELECT * FROM {run.scan(filter_rejects)}" if filter_rejects else "SELECT NULL AS stage, NULL AS reason, NULL::BIGINT AS n_tokens, NULL::BIGINT AS n_chars, NULL::DOUBLE AS ppl LIMIT 0"
-        kept_columns = set(run.sql("SELECT * FROM filtered LIMIT 0").columns)
-        rejected_columns = set(run.sql(f"SELECT * FROM ({rejected}) LIMIT 0").columns)  # rejects of older runs lack the measures
-
-        def measured(column: str, stage: str) -> str:
-            kept = f"SELECT CAST({column} AS DOUBLE) AS x, false AS is_cut FROM filtered" if column in kept_columns else "SELECT NULL::DOUBLE AS x, false AS is_cut LIMIT 0"
-            cut = f"SELECT CAST({column} AS DOUBLE), stage = '{stage}' FROM ({rejected})" if column in rejected_columns else "SELECT NULL::DOUBLE, false LIMIT 0"
-            return f"{kept} UNION ALL {cut}"
-
-        if run.settings.get("length.enabled"):
-            has_tokens = run.connection.execute(f"SELECT count(x) FROM ({measured('n_tokens', 'length')})").fetchone()[0]
-            if has_tokens:
-                charts.append(histogram(run, "Length in tokens", "tokens", measured("n_tokens", "length"), run.settings.get("length.max_tokens"), "max"))
-            else:
-                charts.append(histogram(run, "Length in characters", "characters", measured("n_chars", "length"), run.settings.get("length.max_chars"), "max"))
-        if run.settings.get("perplexity.enabled"):
-            cut = run.manifest.get("fixed", {}).get("perplexity_cut", {}).get("max_ppl")
-            charts.append(histogram(run, "Perplexity (KenLM)", "perplexity", measured("ppl", "perplexity"), cut, "max"))
-    if "score" in run.ledgers:
-        scored = "SELECT CAST(score AS DOUBLE) AS x, false AS is_cut FROM scored"
-        score_rejects = run.reject_files("score")
-        if score_rejects and "score" in run.sql(f"SELECT * FROM {run.scan(score_rejects)} LIMIT 0").columns:
-            scored += f" UNION ALL SELECT CAST(score AS DOUBLE), reason = 'score_below_min' FROM {run.scan(score_rejects)}"
-        charts.append(histogram(run, "Score", "score", scored, run.settings.get("score.min_score"), "min"))
+    for flow in run.layout:
+        if flow.name not in run.ledgers:
+            continue
+        rejects = run.reject_files(flow=flow.name)
+        rejected = f"SELECT * FROM {run.scan(rejects)}" if rejects else None
+        kept_columns = set(run.sql(f"SELECT * FROM {flow.output} LIMIT 0").columns)
+        rejected_columns = set(run.sql(f"{rejected} LIMIT 0").columns) if rejected else set()
+        for name in flow.stages:
+            for chart in declared.get(name, {}).get("charts", []):
+                column = chart["column"]
+                parts = []
+                if column in kept_columns:
+                    parts.append(f"SELECT CAST({column} AS DOUBLE) AS x, false AS is_cut FROM {flow.output}")
+                if column in rejected_columns:
+                    parts.append(f"SELECT CAST({column} AS DOUBLE) AS x, stage = '{name}' AS is_cut FROM ({rejected})")
+                if not parts:
+                    continue
+                threshold = (fixed.get(name) or {}).get(chart["fixed"]) if chart.get("fixed") else chart["threshold"]
+                charts.append(histogram(run, chart["title"], chart["unit"], " UNION ALL ".join(parts), threshold, chart["side"]))
     return [c for c in charts if c is not None]
 
 
@@ -197,9 +192,9 @@ def reason_rows(funnel: list[dict[str, Any]], limit: int = 5) -> tuple[list[str]
 
 
 def sample_pairs(run: Run, n: int = 5) -> tuple[str | None, list[dict[str, Any]]]:
-    """A few rows of the last stage that has instructions (final, else polished, scored, labeled)."""
-    for stage in ("final", "polished", "scored", "labeled"):
-        if stage in run.stages and run.files(stage):
+    """A few rows of the last stage whose rows have instructions (final, else polished, scored, labeled)."""
+    for stage in reversed(run.stages):
+        if run.files(stage) and "instruction" in run.sql(f"SELECT * FROM {stage} LIMIT 0").columns:
             rows = run.sample(stage, n)
             for row in rows:
                 text = " ".join((row.get("text") or "").split())

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -34,56 +35,56 @@ import pyarrow as pa
 import ray.data
 
 from kun_ray import __version__
-from kun_ray.config import ConfigError, RunConfig, StorageOptions
+from kun_ray.config.base import ConfigError, StorageOptions
+from kun_ray.config.run import RunConfig
 from kun_ray.io.read import InputFile
 from kun_ray.io.records import REJECT_FIELDS
 from kun_ray.io.storage import is_local, pyarrow_filesystem, url_to_fs
 from kun_ray.secrets import redact
+from kun_ray.stages.registry import DEFAULT_FLOWS, READ_FLOW, READ_OUTPUT
 
 MANIFEST = "manifest.json"
 REPORT_PAGE = "report.html"  # kun-ray report
-#: Each flow and the folder of the rows it keeps, in the order a run goes through them.
-FLOW_OUTPUTS = {"read": "documents", "filter": "filtered", "dedup": "clean", "label": "labeled", "score": "scored", "polish": "polished", "final": "final"}
-#: What a run folder holds: what --fresh removes, and nothing else.
-LAYOUT = ["documents", "filtered", "clean", "labeled", "scored", "polished", "final", "export", "rejects", "_commits", "report.json", REPORT_PAGE, MANIFEST]
-#: Settings of how a run is executed, not of what it writes: changing them does not change the fingerprint.
-RESOURCE_KEYS = frozenset(
-    {"num_cpus", "concurrency", "batch_size", "block_rows", "accelerator_type", "cpu_stage_num_cpus", "log_engine_metrics", "env", "max_restarts"}
-)
+#: What a run folder holds besides its flows' folders: what --fresh removes with them, and nothing else.
+RUN_FILES = ["export", "rejects", "_commits", "report.json", REPORT_PAGE, MANIFEST]
 
 
 class RunConflict(ConfigError):
     """The run folder holds a run of another config."""
 
 
-def _without_resources(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _without_resources(v) for k, v in value.items() if k not in RESOURCE_KEYS}
-    if isinstance(value, list):
-        return [_without_resources(v) for v in value]
-    return value
+@dataclass(frozen=True)
+class FlowLayout:
+    """A flow as a run's manifest records it: its folder, its stages, how it commits."""
+
+    name: str
+    output: str
+    stages: tuple[str, ...]
+    whole: bool
+    export: bool = False
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict) and value:
-        flat: dict[str, Any] = {}
-        for key, item in value.items():
-            flat.update(_flatten(item, f"{prefix}{key}."))
-        return flat
-    return {prefix.rstrip("."): value}
+def layout(manifest: dict[str, Any]) -> list[FlowLayout]:
+    """The flows of a run, in order, from its manifest's plan; a manifest written before plans
+    were (kun-ray 0.1) had the default flows, every stage of them."""
+    flows = (manifest.get("plan") or {}).get("flows")
+    if flows is None:
+        flows = [{"name": READ_FLOW, "output": READ_OUTPUT, "stages": [READ_FLOW], "commit": "shard"}]
+        flows += [{"name": n, **f, "commit": "whole" if n in ("dedup", "final") else "shard"} for n, f in DEFAULT_FLOWS.items()]
+    return [FlowLayout(f["name"], f["output"], tuple(f["stages"]), f["commit"] == "whole", bool(f.get("export"))) for f in flows]
+
+
+def measures(manifest: dict[str, Any]) -> list[str]:
+    """The measure columns a run's stages declare, which its reject rows keep (kun-ray 0.1 kept these four)."""
+    stages = (manifest.get("plan") or {}).get("stages")
+    if stages is None:
+        return ["n_chars", "n_tokens", "ppl", "score"]
+    return list(dict.fromkeys(m for stage in stages.values() for m in stage["measures"]))
 
 
 def run_settings(config: RunConfig, inputs: list[InputFile]) -> dict[str, Any]:
-    """What decides a run's output, as flat dotted keys: the config less its output and storage
-    (where things are) and its resources, the sources less their paths, and the input shards."""
-    data = _without_resources(config.model_dump(mode="json", exclude={"output", "storage"}))
-    data["sources"] = [{k: v for k, v in s.items() if k not in ("paths", "storage")} for s in data["sources"]]
-    settings = _flatten(data)
-    # A model or prompt file as the config names it, not where it was found: the same run submitted
-    # as a Ray job, whose files land in another folder, has the same settings.
-    settings.update({key: path for key, path in config.paths_as_written.items() if key in settings})
-    settings["inputs"] = sorted(f.shard for f in inputs)
-    return settings
+    """What decides a run's output (RunConfig.settings) and its input shards, as flat dotted keys."""
+    return {**config.settings(), "inputs": sorted(f.shard for f in inputs)}
 
 
 def fingerprint(settings: dict[str, Any]) -> str:
@@ -170,9 +171,12 @@ class RunFolder:
         with self.fs.open(self.path(name), "r", encoding="utf-8") as f:
             return json.load(f)
 
-    def clear(self) -> None:
-        """Remove what a run wrote here (--fresh); anything else in the folder stays."""
-        for name in LAYOUT:
+    def clear(self, outputs: list[str]) -> None:
+        """Remove what a run wrote here (--fresh): the flows' folders of the run here and of the
+        one to start (`outputs`), and the run's own files; anything else in the folder stays."""
+        if self.exists(MANIFEST):
+            outputs = [*outputs, *(flow.output for flow in layout(self.read_json(MANIFEST)))]
+        for name in [*dict.fromkeys(outputs), *RUN_FILES]:
             self.remove(name)
 
     def check(self, settings: dict[str, Any], force: bool = False) -> dict[str, Any] | None:
@@ -190,18 +194,23 @@ class RunFolder:
             )
         return manifest
 
-    def open(self, settings: dict[str, Any], fresh: bool = False, force: bool = False) -> dict[str, Any]:
-        """Start or resume the run here: its manifest, written when new or when `force` changed the config."""
+    def open(self, settings: dict[str, Any], plan: dict[str, Any], fresh: bool = False, force: bool = False) -> dict[str, Any]:
+        """Start or resume the run here: its manifest, written when new, when `force` changed the
+        config, or when it lacks the plan (a run folder of kun-ray 0.1)."""
         if fresh:
-            self.clear()
+            self.clear([flow["output"] for flow in plan["flows"]])
         manifest = self.check(settings, force)
-        if manifest is None or manifest["fingerprint"] != fingerprint(settings):
+        if manifest is None or manifest["fingerprint"] != fingerprint(settings) or manifest.get("plan") != plan:
+            fixed = (manifest or {}).get("fixed", {})
+            if "perplexity_cut" in fixed:  # kun-ray 0.1's name for the perplexity stage's fixed cut
+                fixed["perplexity"] = fixed.pop("perplexity_cut")
             manifest = {
                 "kun_ray_version": __version__,
-                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "created_at": (manifest or {}).get("created_at") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "fingerprint": fingerprint(settings),
                 "settings": settings,
-                "fixed": (manifest or {}).get("fixed", {}),
+                "plan": plan,
+                "fixed": fixed,
             }
             self.write_json(MANIFEST, manifest)
         return manifest

@@ -150,7 +150,7 @@ def build_all(texts: list[str], out_dir: Path, chat_model: bool = True) -> dict[
 
 
 def corpus_texts(config_path: str) -> list[str]:
-    from kun_ray.config import load_config
+    from kun_ray.plan import load_config
     from kun_ray.io.read import plan_inputs, read_file
 
     config = load_config(config_path)

@@ -7,15 +7,12 @@ import io
 import json
 import shutil
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich import box
 from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
-
-if TYPE_CHECKING:
-    from kun_ray.query import Trace
 
 #: Fields a pair shows, in order, with the label they get.
 PAIR_FIELDS = (("instruction", "instruction"), ("answer", "answer"), ("text", "text"), ("reason", "reason"), ("detail", "detail"))
@@ -54,7 +51,7 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], max_cell: int =
     return result
 
 
-def _shorten(text: str, limit: int | None) -> str:
+def shorten(text: str, limit: int | None) -> str:
     text = " ".join(text.split())
     return text if limit is None or len(text) <= limit else text[:limit] + f"… ({len(text):,} characters)"
 
@@ -72,30 +69,13 @@ def pair(row: dict[str, Any], number: str, text_chars: int | None = 300) -> Tabl
         value = row.get(key)
         if value is None or value == "":
             continue
-        block.add_row(label, Text(_shorten(str(value), text_chars if key == "text" else None)))
+        block.add_row(label, Text(shorten(str(value), text_chars if key == "text" else None)))
     return block
 
 
 def pairs(rows: list[dict[str, Any]], stage: str, text_chars: int | None = 300, width: int | None = None) -> str:
     blocks = [pair({"stage": stage, **row}, f"[{i}/{len(rows)}]", text_chars) for i, row in enumerate(rows, 1)]
     return render(*[item for block in blocks for item in (block, "")], width=width)
-
-
-def format_trace(trace: Trace, width: int | None = None) -> str:
-    """A document's journey: a line per stage, kept or dropped, with what the stage added or why it dropped it."""
-    steps = Table.grid(padding=(0, 2))
-    steps.add_column(no_wrap=True)
-    steps.add_column(no_wrap=True)
-    steps.add_column(overflow="fold")
-    steps.add_row("text", "", _shorten(trace.text or "", 200))
-    for step in trace.steps:
-        added = " · ".join(f"{k} {cell(v)}" for k, v in step.added.items())
-        if step.kept:
-            steps.add_row(step.stage, "kept", added)
-        else:
-            steps.add_row(step.stage, "dropped", f"{step.reason}: {step.detail or ''}" + (f"  ({added})" if added else ""))
-    heading = Text(f"{trace.doc_id}  source {trace.source}  shard {trace.shard}")
-    return render(heading, steps, Text(trace.outcome), width=width)
 
 
 def funnel_progress(progress: dict[str, dict[str, Any]], finished: bool) -> str:

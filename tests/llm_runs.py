@@ -4,7 +4,7 @@ the pipeline tests and the tests that read a run back (tests/test_query.py)."""
 from __future__ import annotations
 
 from corpus import ZH, jsonl
-from kun_ray.config import parse_config
+from kun_ray.plan import parse_config
 from kun_ray.pipeline import run
 
 # Too long for the label engine's 256-token context but not for the length stage's 512: rare

@@ -12,19 +12,16 @@ import pytest
 from corpus import ZH, jsonl
 
 from kun_ray.clean.heuristics import Heuristics, repeated_line_fraction
-from kun_ray.clean.length import LengthFilter, length_verdict
-from kun_ray.clean.near_dedup import band_keys, group_keepers, lsh_bands, shingle_hashes
+from kun_ray.clean.length import Length, length_verdict
+from kun_ray.dedup.near import band_keys, group_keepers, lsh_bands, shingle_hashes
 from kun_ray.clean.normalize import normalize_text
 from kun_ray.clean.perplexity import PerplexityScorer, ccnet_normalize, quantile_cut
-from kun_ray.clean.stage import Verdicts, on_live_rows
-from kun_ray.config import (
-    ConfigError,
-    HeuristicsConfig,
-    LengthConfig,
-    NearDedupConfig,
-    StorageOptions,
-    parse_config,
-)
+from kun_ray.stages.base import Verdicts, on_live_rows
+from kun_ray.clean.heuristics import HeuristicsConfig
+from kun_ray.clean.length import LengthConfig
+from kun_ray.config import ConfigError, StorageOptions
+from kun_ray.dedup.near import NearDedupConfig
+from kun_ray.plan import parse_config
 from kun_ray.io.records import STREAM_SCHEMA
 from kun_ray.pipeline import run
 from kun_ray.smoke_models import build_sentencepiece
@@ -64,7 +61,8 @@ def test_length_counts_tokens_with_the_tokenizer(smoke_models):
     long_text = "我今天学习了" + "，".join(f"第{i}课的内容" for i in range(200))  # an unseen mix: many tokens
     n_long = len(tokenizer(long_text, add_special_tokens=False)["input_ids"])
     assert n_long > 600
-    stage = LengthFilter(LengthConfig(min_chars=5, max_tokens=512, tokenizer=str(smoke_models["tokenizer"])), StorageOptions())
+    stage = Length.build(min_chars=5, max_tokens=512, tokenizer=str(smoke_models["tokenizer"]))
+    stage.load()
     verdicts = stage.keep_or_reject(stream_rows([ZH[0], long_text, "太短"]))
     assert verdicts.reasons == [None, "too_long", "too_short"]
     assert verdicts.details[1] == f"{n_long} tokens > 512"
@@ -144,7 +142,7 @@ def test_quantile_cut():
     ids=["char-run", "char-run-at-limit", "phrase-loop", "boilerplate-lines", "a-paragraph-twice", "whitespace", "clean"],
 )
 def test_heuristics(text, reason):
-    assert Heuristics(HeuristicsConfig(max_unit_repeats=10, max_repeated_line_fraction=0.3, max_whitespace_run=10)).verdict(text)[0] == reason
+    assert Heuristics.build(max_unit_repeats=10, max_repeated_line_fraction=0.3, max_whitespace_run=10).verdict(text)[0] == reason
 
 
 def test_repeated_line_fraction():

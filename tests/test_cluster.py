@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from kun_ray.config import ConfigError, parse_config
+from kun_ray.config import ConfigError
+from kun_ray.plan import parse_config
 
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER = REPO / "cluster"

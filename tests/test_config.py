@@ -9,7 +9,8 @@ import textwrap
 
 import pytest
 
-from kun_ray.config import ConfigError, load_config
+from kun_ray.config import ConfigError
+from kun_ray.plan import load_config
 
 
 def write(tmp_path, text: str):

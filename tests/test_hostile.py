@@ -21,7 +21,11 @@ from hypothesis import strategies as st
 from corpus import ZH, jsonl
 from kun_ray.clean.heuristics import Heuristics
 from kun_ray.clean.normalize import normalize_text
-from kun_ray.config import HeuristicsConfig, LabelConfig, PolishConfig, ReadConfig, SourceConfig, StorageOptions, parse_config
+from kun_ray.clean.heuristics import HeuristicsConfig
+from kun_ray.config import ReadConfig, SourceConfig, StorageOptions
+from kun_ray.llm.label import LabelConfig
+from kun_ray.llm.polish import PolishConfig
+from kun_ray.plan import parse_config
 from kun_ray.io.read import InputFile, read_file
 from kun_ray.io.records import STREAM_SCHEMA
 from kun_ray.llm.label import clean_instruction, instruction_verdict
@@ -134,7 +138,7 @@ TEXT = st.lists(st.text(max_size=40) | st.sampled_from(PIECES), max_size=30).map
 @given(text=TEXT)
 def test_text_functions_never_raise(text):
     assert isinstance(normalize_text(text), str)
-    assert Heuristics(HeuristicsConfig()).verdict(text)[0] in {None, "repeated_unit", "repeated_lines", "whitespace_run"}
+    assert Heuristics.build().verdict(text)[0] in {None, "repeated_unit", "repeated_lines", "whitespace_run"}
     label = LabelConfig(model="m")
     assert instruction_verdict(clean_instruction(text), label)[0] in {None, "empty_instruction", "instruction_keyword", "instruction_repetition"}
     assert answer_verdict(text.strip(), PolishConfig(model="m"))[0] in {None, "answer_too_short", "answer_keyword", "answer_repetition"}

@@ -18,7 +18,7 @@ import psutil
 import pytest
 from conftest import S3_SECRET, free_ports, short_temp_dir
 
-from kun_ray.config import load_config
+from kun_ray.plan import load_config
 from kun_ray.io.read import plan_inputs
 from kun_ray.jobs import pack, requirements
 from kun_ray.run import fingerprint, run_settings

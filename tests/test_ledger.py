@@ -11,7 +11,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from kun_ray.config import parse_config
+from kun_ray.plan import parse_config
 from kun_ray.io.records import REJECT_SCHEMA, STREAM_SCHEMA
 from kun_ray.ledger import BlockWriter, Ledger, ShardCommit, drain
 from kun_ray.run import RunFolder

@@ -15,7 +15,10 @@ import pytest
 
 from corpus import ZH
 from llm_runs import KUN_MAX_PPL, LLM_REASONS, NOISE, OVERLONG, engine, run_llm_pipeline
-from kun_ray.config import NearDedupConfig, StageConfig
+from kun_ray.config import StorageOptions
+from kun_ray.dedup.exact import ExactDedup, ExactDedupConfig
+from kun_ray.dedup.near import NearDedup, NearDedupConfig
+from kun_ray.stages.base import RunContext
 from kun_ray.io.records import STREAM_SCHEMA
 
 def table(path) -> list[dict]:
@@ -133,18 +136,15 @@ def test_unparseable_scores_are_rejected_with_the_raw_text(humpback_run):
 def test_final_dedup_on_the_instruction(ray_cluster):
     import ray.data
 
-    from kun_ray.clean.exact_dedup import exact_dedup
-    from kun_ray.clean.near_dedup import near_dedup
-
     instructions = ["长江有多长？", "长江有多长？", "请介绍一下光合作用的过程和意义。", "请介绍一下光合作用的过程与意义。", "什么是复利？"]
     rows = [
         {"doc_id": f"d{i}", "source": "sky", "text": ZH[i], "instruction": q, "reject_stage": None, "reject_reason": None, "reject_detail": None}
         for i, q in enumerate(instructions)
     ]
     stream = ray.data.from_arrow(pa.Table.from_pylist(rows, schema=STREAM_SCHEMA.append(pa.field("instruction", pa.string()))))
-    ranks = {"sky": 0}
-    stream = exact_dedup(stream, ranks, StageConfig(), "instruction_exact_dedup", "instruction")
-    stream = near_dedup(stream, ranks, NearDedupConfig(threshold=0.5, ngram=2), "instruction_near_dedup", "instruction")
+    run = RunContext(StorageOptions(), ("sky",))
+    stream = ExactDedup("instruction_exact_dedup", ExactDedupConfig(column="instruction"), run).apply(stream)
+    stream = NearDedup("instruction_near_dedup", NearDedupConfig(threshold=0.5, ngram=2, column="instruction"), run).apply(stream)
     outcome = {r["doc_id"]: (r["reject_stage"], r["reject_detail"]) for r in stream.take_all()}
     assert outcome == {
         "d0": (None, None),
@@ -161,12 +161,11 @@ def test_final_dedup_on_the_instruction(ray_cluster):
 def test_polish_cuts_the_text_to_max_text_tokens_of_the_models_tokenizer(smoke_models):
     from transformers import AutoTokenizer
 
-    from kun_ray.config import PolishConfig, StorageOptions
     from kun_ray.llm.engine import Engine
-    from kun_ray.llm.polish import PolishTask
+    from kun_ray.llm.polish import PolishConfig, PolishTask
 
     config = PolishConfig(model=str(smoke_models["chat_model"]), max_text_tokens=5, device="cpu")
-    engine = Engine(PolishTask(config), config, StorageOptions())
+    engine = Engine(PolishTask(config), config, StorageOptions(), "polish")
     row = engine.preprocess({"doc_id": "d", "text": OVERLONG, "instruction": "长江有多长？"})
     tokenizer = AutoTokenizer.from_pretrained(str(smoke_models["chat_model"]))
     cut = engine.truncate(OVERLONG)

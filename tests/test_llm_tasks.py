@@ -7,7 +7,11 @@ import math
 import pyarrow as pa
 import pytest
 
-from kun_ray.config import ConfigError, LabelConfig, PolishConfig, ScoreConfig, parse_config
+from kun_ray.config import ConfigError
+from kun_ray.llm.label import LabelConfig
+from kun_ray.llm.polish import PolishConfig
+from kun_ray.llm.score import ScoreConfig
+from kun_ray.plan import parse_config
 from kun_ray.io.export import alpaca_rows, messages_rows
 from kun_ray.llm.label import LabelTask, clean_instruction
 from kun_ray.llm.polish import PolishTask

@@ -18,7 +18,7 @@ import yaml
 from conftest import S3_KEY, S3_SECRET
 from corpus import build_corpus
 
-from kun_ray.config import parse_config
+from kun_ray.plan import parse_config
 from kun_ray.pipeline import run
 
 

@@ -8,7 +8,8 @@ import json
 import pytest
 from corpus import ZH, build_corpus
 
-from kun_ray.config import ReadConfig, SourceConfig, StorageOptions, parse_config
+from kun_ray.config import ReadConfig, SourceConfig, StorageOptions
+from kun_ray.plan import parse_config
 from kun_ray.io.read import InputFile, plan_inputs, read_file
 from kun_ray.io.records import DOCUMENT_SCHEMA
 from kun_ray.io.skypile import SkypileReader

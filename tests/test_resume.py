@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from corpus import ZH, jsonl
-from kun_ray.config import parse_config
+from kun_ray.plan import parse_config
 from kun_ray.pipeline import run
 
 SHARDS = 16

@@ -31,7 +31,7 @@ def tokenizer(smoke_models):
 
 
 def test_the_label_role_turns_pairs_around_in_the_label_stages_prompt(tmp_path):
-    from kun_ray.config import LabelConfig
+    from kun_ray.llm.label import LabelConfig
     from kun_ray.llm.label import LabelTask
 
     messages = role_messages(config(tmp_path), SEED[:1])[0]

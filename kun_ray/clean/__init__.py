@@ -1,1 +1,1 @@
-"""CPU cleaning stages: normalize, length, perplexity, heuristics, exact and near dedup."""
+"""CPU cleaning stages, a file each: normalize, cjk_ratio, length, perplexity, heuristics."""

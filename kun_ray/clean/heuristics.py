@@ -12,20 +12,35 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from functools import lru_cache
 
 import pyarrow as pa
+from pydantic import Field
 
-from kun_ray.clean.stage import Verdicts, on_live_rows
-from kun_ray.config import HeuristicsConfig
+from kun_ray.config.base import CpuResources
+from kun_ray.stages.base import RowFilter, Verdicts
 from kun_ray.text import repetition_detail
 
-NAME = "heuristics"
+
+class HeuristicsConfig(CpuResources):
+    """Kun's repetition and whitespace filters."""
+
+    #: A unit of 1..max_unit_chars characters repeated more than max_unit_repeats times in a row.
+    max_unit_chars: int = Field(default=10, gt=0)
+    max_unit_repeats: int = Field(default=10, gt=0)
+    #: The share of the text's characters in lines that occur more than once.
+    max_repeated_line_fraction: float = Field(default=0.3, ge=0, le=1)
+    max_whitespace_run: int = Field(default=10, gt=0)
 
 
-class Heuristics:
-    def __init__(self, config: HeuristicsConfig):
-        self.config = config
-        self.whitespace_run = re.compile(r"\s{%d,}" % (config.max_whitespace_run + 1))
+class Heuristics(RowFilter):
+    type = "heuristics"
+    config_model = HeuristicsConfig
+    reasons = frozenset({"repeated_unit", "repeated_lines", "whitespace_run"})
+
+    def keep_or_reject(self, rows: pa.Table) -> Verdicts:
+        verdicts = [self.verdict(t) for t in rows["text"].to_pylist()]
+        return Verdicts(rows, [v[0] for v in verdicts], [v[1] for v in verdicts])
 
     def verdict(self, text: str) -> tuple[str | None, str | None]:
         c = self.config
@@ -34,9 +49,14 @@ class Heuristics:
         share = repeated_line_fraction(text)
         if share > c.max_repeated_line_fraction:
             return "repeated_lines", f"{share:.0%} of the text is in repeated lines (max {c.max_repeated_line_fraction:.0%})"
-        if match := self.whitespace_run.search(text):
+        if match := _whitespace_run(c.max_whitespace_run).search(text):
             return "whitespace_run", f"a run of {len(match.group(0))} whitespace characters (max {c.max_whitespace_run})"
         return None, None
+
+
+@lru_cache(maxsize=16)
+def _whitespace_run(longest: int) -> re.Pattern[str]:
+    return re.compile(r"\s{%d,}" % (longest + 1))
 
 
 def repeated_line_fraction(text: str) -> float:
@@ -46,13 +66,3 @@ def repeated_line_fraction(text: str) -> float:
     total = sum(len(line) for line in lines)
     repeated = sum(len(line) * n for line, n in counts.items() if n > 1)
     return repeated / total if total else 0.0
-
-
-def heuristics_batch(batch: pa.Table, config: HeuristicsConfig) -> pa.Table:
-    heuristics = Heuristics(config)
-
-    def keep_or_reject(rows: pa.Table) -> Verdicts:
-        verdicts = [heuristics.verdict(t) for t in rows["text"].to_pylist()]
-        return Verdicts(rows, [v[0] for v in verdicts], [v[1] for v in verdicts])
-
-    return on_live_rows(batch, NAME, keep_or_reject)

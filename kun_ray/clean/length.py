@@ -7,13 +7,23 @@ tokenizer, a whole batch per call, loaded once per worker.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pyarrow as pa
+from pydantic import Field
 
-from kun_ray.clean.stage import Verdicts, on_live_rows, replace_column
-from kun_ray.config import LengthConfig, StorageOptions
-from kun_ray.io.fetch import load_tokenizer, loaded_once
+from kun_ray.config.base import CpuResources, path
+from kun_ray.stages.base import Chart, RowFilter, Verdicts, replace_column
 
-NAME = "length"
+
+class LengthConfig(CpuResources):
+    """Drop texts by characters and by tokens of the label model's tokenizer (Kun: over 512 tokens)."""
+
+    min_chars: int = Field(default=20, ge=0)
+    max_chars: int | None = Field(default=None, gt=0)
+    max_tokens: int | None = Field(default=512, gt=0)
+    #: A Hugging Face tokenizer: hub id, local folder, or s3:// / gs:// folder. Without one, tokens are not counted.
+    tokenizer: str | None = path(kind="model")
 
 
 def length_verdict(n_chars: int, n_tokens: int | None, config: LengthConfig) -> tuple[str | None, str | None]:
@@ -26,14 +36,19 @@ def length_verdict(n_chars: int, n_tokens: int | None, config: LengthConfig) -> 
     return None, None
 
 
-class LengthFilter:
-    def __init__(self, config: LengthConfig, storage: StorageOptions):
-        self.config = config
-        self.tokenizer = load_tokenizer(config.tokenizer, storage) if config.tokenizer else None
+class Length(RowFilter):
+    type = "length"
+    config_model = LengthConfig
+    adds = {"n_chars": pa.int64(), "n_tokens": pa.int64()}
+    reasons = frozenset({"too_short", "too_long"})
+    measures = ("n_chars", "n_tokens")
+    tokenizer: Any = None
 
-    @classmethod
-    def loaded(cls, config: LengthConfig, storage: StorageOptions) -> LengthFilter:
-        return loaded_once(f"length:{config.tokenizer}", lambda: cls(config, storage))
+    def load(self) -> None:
+        from kun_ray.io.fetch import load_tokenizer
+
+        if self.config.tokenizer:
+            self.tokenizer = load_tokenizer(self.config.tokenizer, self.run.storage)
 
     def count_tokens(self, texts: list[str]) -> list[int | None]:
         if self.tokenizer is None or not texts:
@@ -50,6 +65,7 @@ class LengthFilter:
         rows = replace_column(rows, "n_tokens", pa.array(n_tokens, pa.int64()))
         return Verdicts(rows, [v[0] for v in verdicts], [v[1] for v in verdicts])
 
-
-def length_batch(batch: pa.Table, config: LengthConfig, storage: StorageOptions) -> pa.Table:
-    return on_live_rows(batch, NAME, LengthFilter.loaded(config, storage).keep_or_reject)
+    def charts(self) -> list[Chart]:
+        if self.config.tokenizer:
+            return [Chart("n_tokens", "Length in tokens", "tokens", self.config.max_tokens, "max")]
+        return [Chart("n_chars", "Length in characters", "characters", self.config.max_chars, "max")]

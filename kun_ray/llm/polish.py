@@ -11,10 +11,25 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kun_ray.config import PolishConfig
+import pyarrow as pa
+from pydantic import Field
+
 from kun_ray.llm.prompts import check_fields, load_template, render
+from kun_ray.llm.stage import LLMStage, LLMStageConfig
 from kun_ray.llm.task import Parsed, Request, user
 from kun_ray.text import first_keyword, repetition_detail
+
+KUN_ANSWER_KEYWORDS = ["作为", "根据", "知识库", "2023", "抱歉"]
+
+
+class PolishConfig(LLMStageConfig):
+    """Answer polishment: the chat model rewrites the text into an answer to the instruction."""
+
+    max_text_tokens: int | None = Field(default=512, gt=0)
+    keywords: list[str] = Field(default_factory=lambda: list(KUN_ANSWER_KEYWORDS))
+    min_answer_chars: int = Field(default=20, ge=0)
+    max_unit_chars: int = Field(default=10, gt=0)
+    max_unit_repeats: int = Field(default=10, gt=0)
 
 
 def answer_verdict(answer: str, config: PolishConfig) -> tuple[str | None, str | None]:
@@ -28,9 +43,9 @@ def answer_verdict(answer: str, config: PolishConfig) -> tuple[str | None, str |
 
 
 class PolishTask:
-    name = "polish"
     columns = {"answer": "large_string"}
     choices: tuple[str, ...] = ()
+    reasons = frozenset({"answer_too_short", "answer_keyword", "answer_repetition"})
 
     def __init__(self, config: PolishConfig):
         self.config = config
@@ -44,3 +59,10 @@ class PolishTask:
         answer = generated.strip()
         reason, detail = answer_verdict(answer, self.config)
         return Parsed({"answer": answer}, reason, detail)
+
+
+class Polish(LLMStage):
+    type = "polish"
+    config_model = PolishConfig
+    task_class = PolishTask
+    reads = {"text": pa.large_string(), "instruction": pa.string()}

@@ -24,15 +24,38 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
-from kun_ray.config import ScoreConfig
+import pyarrow as pa
+from pydantic import Field
+
 from kun_ray.llm.prompts import check_fields, load_template, render
+from kun_ray.llm.stage import LLMStage, LLMStageConfig, SamplingConfig
 from kun_ray.llm.task import Parsed, Request, clip, user
+from kun_ray.stages.base import Chart
 
 KUN_VALUES = {"好": 1.0, "差": 0.0}
 RATING_VALUES = {str(n): float(n) for n in range(1, 6)}
 PREFILL = {"kun_instruction": "【", "humpback_pair": "Score:"}
+
+
+class ScoreConfig(LLMStageConfig):
+    """Self-curation: the chat model rates the instruction (Kun) or the pair (Humpback)."""
+
+    mode: Literal["kun_instruction", "humpback_pair"] = "kun_instruction"
+    #: generate: parse 【好】/【差】 or "Score: N" from the answer; logprobs: one token's probabilities.
+    method: Literal["generate", "logprobs"] = "generate"
+    #: Kept when score >= min_score. Default 0.5 for kun_instruction (【好】 = 1, 【差】 = 0, or P(好)),
+    #: 5 for humpback_pair (Humpback's A5; its A4 used 4).
+    min_score: float | None = None
+    sampling: SamplingConfig = SamplingConfig(max_tokens=256)
+
+    def threshold(self) -> float:
+        if self.min_score is not None:
+            return self.min_score
+        return 0.5 if self.mode == "kun_instruction" else 5.0
+
+
 RATING = re.compile(r"(?:score|得分|评分)\s*[:：]?\s*\**\s*([1-5](?:\.\d+)?)(?!\d|\.\d)", re.IGNORECASE)
 
 
@@ -69,8 +92,8 @@ def expected_value(top_logprobs: dict[str, float], values: dict[str, float]) -> 
 
 
 class ScoreTask:
-    name = "score"
     columns = {"score": "double", "score_raw": "large_string"}
+    reasons = frozenset({"unparseable_score", "score_below_min"})
 
     def __init__(self, config: ScoreConfig):
         self.config = config
@@ -101,3 +124,14 @@ class ScoreTask:
         if score < self.config.threshold():
             return Parsed(columns, "score_below_min", f"score {score:.4g} < {self.config.threshold():g}")
         return Parsed(columns)
+
+
+class Score(LLMStage):
+    type = "score"
+    config_model = ScoreConfig
+    task_class = ScoreTask
+    reads = {"text": pa.large_string(), "instruction": pa.string()}
+    measures = ("score",)
+
+    def charts(self) -> list[Chart]:
+        return [Chart("score", "Score", "score", self.config.threshold(), "min")]

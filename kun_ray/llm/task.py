@@ -10,7 +10,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import pyarrow as pa
+
 Messages = list[dict[str, str]]
+
+
+#: The Arrow types a task's columns name.
+ARROW_TYPES = {"string": pa.string(), "large_string": pa.large_string(), "double": pa.float64(), "int64": pa.int64()}
 
 
 @dataclass
@@ -31,12 +37,12 @@ class Request:
 
 
 class Task(Protocol):
-    #: The stage name: reject_stage of its rejects, and the prefix of its `<name>_tokens` column.
-    name: str
     #: The columns it adds, with their Arrow type names ("string", "large_string", "double").
     columns: dict[str, str]
     #: For scoring by log-probabilities: the one-token answers whose probabilities are read, else empty.
     choices: tuple[str, ...]
+    #: The reject reasons its parser may give.
+    reasons: frozenset[str]
 
     def request(self, row: Mapping[str, Any]) -> Request: ...
 

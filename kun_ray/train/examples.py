@@ -15,7 +15,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kun_ray.config import LabelConfig, TrainConfig
+from kun_ray.config import TrainConfig
+from kun_ray.llm.label import LabelConfig
 from kun_ray.llm.label import LabelTask
 from kun_ray.llm.task import Messages
 

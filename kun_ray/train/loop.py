@@ -17,9 +17,10 @@ import json
 import logging
 from typing import Any
 
-from kun_ray.config import LoopConfig, load_config, load_train_config
+from kun_ray.config import LoopConfig, load_train_config
 from kun_ray.io.storage import url_to_fs
 from kun_ray.pipeline import run
+from kun_ray.plan import load_config
 from kun_ray.train.trainer import MODEL_FOLDER, REPORT, train
 
 logger = logging.getLogger("kun_ray")

@@ -17,12 +17,24 @@ from functools import lru_cache
 import numpy as np
 import pyarrow as pa
 import ray.data
+from pydantic import Field
 from ray.data.aggregate import Count, Min
 from ray.data.expressions import col
 
-from kun_ray.clean.dedup import live_keys, mark_duplicates, shuffle_partitions
-from kun_ray.clean.stage import map_stage
-from kun_ray.config import NearDedupConfig
+from kun_ray.config.base import CpuResources, since
+from kun_ray.dedup.base import live_keys, mark_duplicates, shuffle_partitions, source_ranks
+from kun_ray.stages.base import Stage
+
+
+class NearDedupConfig(CpuResources):
+    """MinHash + LSH on character n-grams; one document kept per connected group."""
+
+    threshold: float = Field(default=0.8, gt=0, lt=1)
+    ngram: int = Field(default=5, gt=0)
+    num_perm: int = Field(default=128, gt=0)
+    seed: int = 42
+    #: The column compared: the text, or the instruction (the final flow's instruction_near_dedup).
+    column: str = since("0.2", "text")
 
 
 @lru_cache(maxsize=None)
@@ -126,11 +138,21 @@ def _mark(batch: pa.Table, name: str, ranks: dict[str, int], keepers: dict[str, 
     return mark_duplicates(batch, name, "near_duplicate", ranks, lambda key, text: keepers.get(key), column)
 
 
-def near_dedup(stream: ray.data.Dataset, ranks: dict[str, int], stage: NearDedupConfig, name: str = "near_dedup", column: str = "text") -> ray.data.Dataset:
-    """Reject, as stage `name`, every live row whose `column` is near a row earlier in the stable order."""
-    bands = map_stage(stream, _band_rows, stage, ranks=ranks, config=stage, column=column).materialize()
-    grouped = bands.groupby("band_key", num_partitions=shuffle_partitions()).aggregate(Count(alias_name="n"), Min("order_key", alias_name="keeper"))
-    buckets = {row["band_key"]: row["keeper"] for row in grouped.filter(expr=col("n") > 1).iter_rows()}
-    edges = bands.map_batches(_edges, fn_kwargs={"buckets": buckets}, batch_format="pyarrow").take_all() if buckets else []
-    keepers = group_keepers([(e["member"], e["keeper"]) for e in edges])
-    return map_stage(stream, _mark, stage, name=name, ranks=ranks, keepers=keepers, column=column)
+class NearDedup(Stage):
+    type = "near_dedup"
+    config_model = NearDedupConfig
+    kind = "global"
+    reasons = frozenset({"near_duplicate"})
+
+    def columns_read(self) -> dict[str, pa.DataType]:
+        return {self.config.column: pa.large_string() if self.config.column == "text" else pa.string()}
+
+    def apply(self, stream: ray.data.Dataset) -> ray.data.Dataset:
+        """Reject every live row whose column is near a row earlier in the stable order."""
+        ranks, column, config = source_ranks(self.run.sources), self.config.column, self.config
+        bands = self.map(stream, _band_rows, ranks=ranks, config=config, column=column).materialize()
+        grouped = bands.groupby("band_key", num_partitions=shuffle_partitions()).aggregate(Count(alias_name="n"), Min("order_key", alias_name="keeper"))
+        buckets = {row["band_key"]: row["keeper"] for row in grouped.filter(expr=col("n") > 1).iter_rows()}
+        edges = bands.map_batches(_edges, fn_kwargs={"buckets": buckets}, batch_format="pyarrow").take_all() if buckets else []
+        keepers = group_keepers([(e["member"], e["keeper"]) for e in edges])
+        return self.map(stream, _mark, name=self.name, ranks=ranks, keepers=keepers, column=column)

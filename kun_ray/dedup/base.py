@@ -12,8 +12,7 @@ from collections.abc import Callable
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from kun_ray.clean.stage import Verdicts, on_live_rows
-from kun_ray.config import RunConfig
+from kun_ray.stages.base import Verdicts, on_live_rows
 
 SEPARATOR = "\x1f"
 
@@ -26,8 +25,8 @@ def shuffle_partitions() -> int:
     return max(8, min(200, 2 * int(ray.cluster_resources().get("CPU", 1))))
 
 
-def source_ranks(config: RunConfig) -> dict[str, int]:
-    return {source.name: rank for rank, source in enumerate(config.sources)}
+def source_ranks(sources: tuple[str, ...]) -> dict[str, int]:
+    return {name: rank for rank, name in enumerate(sources)}
 
 
 def order_key(rank: int, doc_id: str) -> str:

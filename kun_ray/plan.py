@@ -1,0 +1,139 @@
+"""The plan: which stages run in which flow, and which folder each flow writes, from the config.
+
+A config's `flows:` section, or the default flows (kun_ray/stages/registry.py), becomes a list
+of flows of stage instances.  The plan is checked before any work starts: every stage a flow
+names has a section, runs in one flow only, and finds the columns it reads made by a stage
+before it.  A flow with a `global` stage (dedup) commits whole; the others commit per shard.
+The plan is written into manifest.json (`Plan.to_json`), where the query layer and the report
+read it back (kun_ray/run.py `FlowLayout`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from kun_ray.config.base import ConfigError
+from kun_ray.config.load import load, parse_config as parse_sections
+from kun_ray.config.run import FlowConfig, RunConfig
+from kun_ray.io.records import DOCUMENT_SCHEMA
+from kun_ray.stages.base import RunContext, Stage
+from kun_ray.stages.registry import DEFAULT_FLOWS, READ_FLOW, READ_OUTPUT, REGISTRY, STAGE_TYPES, stage_class
+
+
+
+@dataclass
+class Flow:
+    name: str
+    output: str
+    stages: list[Stage]
+    export: bool = False
+    #: The measures its reject rows keep: those of its stages and of every stage before them.
+    measures: tuple[tuple[str, pa.DataType], ...] = ()
+
+    @property
+    def whole(self) -> bool:
+        """Commits all its shards at once: a stage needs all of its input."""
+        return any(stage.kind == "global" for stage in self.stages)
+
+
+@dataclass
+class Plan:
+    """The flows a run goes through after its read flow, in order."""
+
+    flows: list[Flow]
+
+    def stages(self) -> list[Stage]:
+        return [stage for flow in self.flows for stage in flow.stages]
+
+    def to_json(self) -> dict[str, Any]:
+        """The plan as manifest.json holds it: flows (with the read flow first) and each stage's declarations."""
+        flows = [{"name": READ_FLOW, "output": READ_OUTPUT, "stages": [READ_FLOW], "commit": "shard", "export": False}]
+        flows += [
+            {"name": f.name, "output": f.output, "stages": [s.name for s in f.stages], "commit": "whole" if f.whole else "shard", "export": f.export}
+            for f in self.flows
+        ]
+        stages = {
+            stage.name: {
+                "type": stage.type,
+                "kind": stage.kind,
+                "reads": {c: str(t) for c, t in stage.columns_read().items()},
+                "adds": {c: str(t) for c, t in stage.columns_added().items()},
+                "reasons": sorted(stage.reasons),
+                "measures": list(stage.measures),
+                "charts": [chart.__dict__ for chart in stage.charts()],
+            }
+            for stage in self.stages()
+        }
+        return {"flows": flows, "stages": stages}
+
+
+def _makers(column: str) -> list[str]:
+    """The stage types that add a column."""
+    return [t for t in REGISTRY if column in stage_class(t).adds]
+
+
+def build_plan(config: RunConfig) -> Plan:
+    """The config's flows as stage instances, checked; a ConfigError names what cannot run."""
+    written = config.flows is not None
+    flows = config.flows if written else {name: FlowConfig(**flow) for name, flow in DEFAULT_FLOWS.items()}
+    context = RunContext(config.storage, tuple(s.name for s in config.sources))
+    available: dict[str, pa.DataType] = {f.name: f.type for f in DOCUMENT_SCHEMA}
+    measures: dict[str, pa.DataType] = {}
+    placed: dict[str, str] = {}
+    outputs = {READ_OUTPUT: READ_FLOW}
+    plan: list[Flow] = []
+    for flow_name, flow in flows.items():
+        where = f"flows.{flow_name}" if written else flow_name
+        if flow_name == READ_FLOW:
+            raise ConfigError(f"{where}: the read flow is every run's first; name this flow otherwise")
+        if flow.output in outputs or flow.output in ("export", "rejects"):
+            raise ConfigError(f"{where}.output: {flow.output!r} is another flow's folder or the run's own")
+        for name in flow.stages:
+            if name not in config.stages:
+                if written:
+                    raise ConfigError(f"{where}.stages: no stage {name!r} in the config (stages: {', '.join(config.stages)})")
+                continue  # a default flow's stage the config has no section for (cjk_ratio)
+            if name in placed:
+                raise ConfigError(f"{where}.stages: {name} runs in flow {placed[name]} already")
+            placed[name] = flow_name
+        if flow.needs and not set(flow.needs) <= available.keys():
+            continue
+        if flow.export and not config.final.enabled:
+            continue
+        stages = [stage_class(config.stage_type(n))(n, config.stages[n], context) for n in flow.stages if n in config.stages and config.stages[n].enabled]
+        if not stages and not flow.export:
+            continue
+        for stage in stages:
+            for column in stage.columns_read():
+                if column not in available:
+                    makers = " or ".join(_makers(column)) or "a stage that adds it"
+                    raise ConfigError(f"{stage.name}: the {stage.name} stage needs the {makers} stage's {column!r} column: enable {makers} before it")
+            added = stage.columns_added()
+            available.update(added)
+            measures.update({column: added[column] for column in stage.measures})
+        outputs[flow.output] = flow_name
+        plan.append(Flow(flow_name, flow.output, stages, flow.export, tuple(measures.items())))
+    return Plan(plan)
+
+
+def parse_config(data: Any, base: Path | None = None) -> RunConfig:
+    """A run config mapping, validated and its plan checked; local paths resolve against `base`."""
+    config = parse_sections(data, STAGE_TYPES, base)
+    build_plan(config)
+    return config
+
+
+def load_config_data(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> tuple[Any, RunConfig]:
+    """A YAML run config with `--set` overrides, as data and validated; every failure is a one-line ConfigError."""
+    return load(path, overrides, parse_config)
+
+
+def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> RunConfig:
+    """Read and validate a YAML run config, with `--set` overrides; every failure is a one-line ConfigError."""
+    return load_config_data(path, overrides)[1]
