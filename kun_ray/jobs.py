@@ -37,8 +37,8 @@ import yaml
 
 import kun_ray
 from kun_ray.config import RunConfig
-from kun_ray.plan import load_config_data
 from kun_ray.io.storage import expand
+from kun_ray.plan import load_config_data
 from kun_ray.secrets import redact
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -91,7 +91,9 @@ def pack(config_path: str | os.PathLike[str], overrides: Sequence[str], into: Pa
         # The job runs in a temporary copy of the folder: a relative output would vanish with it.
         path = config.output.path
         data["output"] = path if isinstance(data["output"], str) else {**data["output"], "path": path}
-        notes.append(f"output {path} is a local path: it is written on the node that runs the job's driver (the head node)")
+        notes.append(
+            f"output {path} is a local path: it is written on the node that runs the job's driver (the head node)"
+        )
     files = _local_files(data, config)
     root = Path(os.path.commonpath([file.parent, *(f.parent for f in files)]))
     for source in files:
@@ -140,7 +142,9 @@ class Jobs:
         try:  # no address: Ray's own lookup ($RAY_API_SERVER_ADDRESS, $RAY_ADDRESS, a local cluster)
             self.client = JobSubmissionClient(address)
         except Exception as error:
-            raise JobError(f"cannot reach the Ray job server at {address or 'the default address'}: {_one_line(error)}") from None
+            raise JobError(
+                f"cannot reach the Ray job server at {address or 'the default address'}: {_one_line(error)}"
+            ) from None
         self.address = self.client.get_address()
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -202,7 +206,9 @@ def _use_ray_token_if_any() -> None:
         )
     except ImportError:  # a Ray without token authentication
         return
-    logging.getLogger(maybe_enable_token_auth_if_token_available.__module__).setLevel(logging.ERROR)  # not a warning here
+    logging.getLogger(maybe_enable_token_auth_if_token_available.__module__).setLevel(
+        logging.ERROR
+    )  # not a warning here
     maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 

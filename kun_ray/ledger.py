@@ -103,7 +103,9 @@ class BlockWriter:
             for block in blocks:
                 for relpath, table in self._split(block, name):
                     if relpath not in writers:
-                        writers[relpath] = pq.ParquetWriter(self._target(relpath), table.schema, filesystem=self.arrow_fs)
+                        writers[relpath] = pq.ParquetWriter(
+                            self._target(relpath), table.schema, filesystem=self.arrow_fs
+                        )
                     writers[relpath].write_table(table)
                 commit.add(self._counts(block))
         finally:
@@ -119,13 +121,19 @@ class BlockWriter:
         return {**self._counts(rows), "files": files}
 
     def _split(self, rows: pa.Table, name: str) -> list[tuple[str, pa.Table]]:
-        """The rows kept, to the flow's output, and each stage's rejects, to rejects/<stage>/, as files named `name`."""
+        """The rows kept, to the flow's output, and each stage's rejects, to rejects/<stage>/, as
+        files named `name`."""
         live = pc.is_null(rows["reject_reason"])
         kept = rows.filter(live)
         tables = [(f"{self.output}/{name}", kept.drop_columns(REJECT_COLUMNS))] if kept.num_rows else []
         rejected = rows.filter(pc.invert(live))
         for stage in pc.unique(rejected["reject_stage"]).to_pylist():
-            tables.append((f"rejects/{stage}/{name}", as_rejects(rejected.filter(pc.equal(rejected["reject_stage"], stage)), self.measures)))
+            tables.append(
+                (
+                    f"rejects/{stage}/{name}",
+                    as_rejects(rejected.filter(pc.equal(rejected["reject_stage"], stage)), self.measures),
+                )
+            )
         return tables
 
     def _counts(self, rows: pa.Table) -> dict[str, Any]:
@@ -241,7 +249,13 @@ class Progress:
             elapsed = now - self.started
             logger.info(
                 "%s: %d/%d shards committed, %s rows written (%s kept) in %.0f s, %.1f rows/s",
-                self.flow, committed, self.shards, f"{rows:,}", f"{kept:,}", elapsed, rows / elapsed if elapsed else 0.0,
+                self.flow,
+                committed,
+                self.shards,
+                f"{rows:,}",
+                f"{kept:,}",
+                elapsed,
+                rows / elapsed if elapsed else 0.0,
             )
 
 
@@ -258,7 +272,8 @@ def drain(
     `expected` gives each shard's row count; None means the parts say it themselves (the read
     flow's `total`, sent with a file's last part).  A whole flow commits nothing here: it gets
     back its shards to commit once whatever follows the write (the export) is done.  `shards`
-    is how many shards the flow runs, for the progress line.  Returns the uncommitted shards (whole flows) and this run's totals.
+    is how many shards the flow runs, for the progress line.  Returns the uncommitted shards
+    (whole flows) and this run's totals.
     """
     open_shards: dict[str, ShardCommit] = {}
     done = ShardCommit()

@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
@@ -61,8 +61,9 @@ class RunFlows:
         self.stages: list[dict[str, Any]] = []
         self.flows: dict[str, dict[str, Any]] = {}
 
-    def _writer(self, output: str, sums: tuple[str, ...] = (), measures: tuple[tuple[str, pa.DataType], ...] = ()) -> BlockWriter:
-        return BlockWriter(self.folder.arrow_fs, self.folder.root.rstrip("/"), output, sums, measures)
+    def _writer(self, output: str, sums: tuple[str, ...] = ()) -> BlockWriter:
+        """A flow's writer: kept rows to `output`, rejects with the plan's measures, totals of `sums`."""
+        return BlockWriter(self.folder.arrow_fs, self.folder.root.rstrip("/"), output, sums, self.plan.measures)
 
     def _account(self, ledger: Ledger, extras: dict[str, dict[str, Any]], timing: dict[str, Any]) -> Ledger:
         """Add a flow's stages and timing to the report; the flow's ledger, for the flow after it."""
@@ -71,17 +72,22 @@ class RunFlows:
         self.flows[ledger.flow] = timing
         kept = sum(ledger.kept().values())
         rows_in = stages[0]["in"] if stages else sum(c.rows for c in ledger.shards.values())
-        logger.info(
-            "%s: %s in, %s kept, %s rejected; %d shards (%d done before), %.1f s this run",
-            ledger.flow, f"{rows_in:,}", f"{kept:,}", f"{rows_in - kept:,}", timing["shards"], timing["shards_resumed"], timing["wall_s"],
-        )  # fmt: skip
+        counts = f"{rows_in:,} in, {kept:,} kept, {rows_in - kept:,} rejected"
+        shards, resumed, wall = timing["shards"], timing["shards_resumed"], timing["wall_s"]
+        logger.info("%s: %s; %d shards (%d done before), %.1f s this run", ledger.flow, counts, shards, resumed, wall)
         return ledger
 
     @staticmethod
     def _timing(ledger: Ledger, resumed: int, clock: float, done: ShardCommit) -> dict[str, Any]:
         wall = time.monotonic() - clock
         rate = round(done.rows / wall, 1) if wall else None
-        return {"shards": len(ledger.shards), "shards_resumed": resumed, "rows": done.rows, "wall_s": round(wall, 3), "rows_per_s": rate}
+        return {
+            "shards": len(ledger.shards),
+            "shards_resumed": resumed,
+            "rows": done.rows,
+            "wall_s": round(wall, 3),
+            "rows_per_s": rate,
+        }
 
     def read(self) -> Ledger:
         ledger = Ledger(self.folder, READ_FLOW, [READ_FLOW])
@@ -96,7 +102,9 @@ class RunFlows:
             )  # fmt: skip
             _, done = drain(_parts(files), ledger, None, len(pending))
             ledger.collect_garbage(folders)
-        return self._account(ledger, {READ_FLOW: {"files": len(self.inputs)}}, self._timing(ledger, resumed, clock, done))
+        return self._account(
+            ledger, {READ_FLOW: {"files": len(self.inputs)}}, self._timing(ledger, resumed, clock, done)
+        )
 
     def _stream(self, flow: Flow, upstream: Ledger, source: str, shards: list[str] | None) -> ray.data.Dataset:
         """The flow's input with its stages applied; each stage that fits gets its values,
@@ -125,9 +133,19 @@ class RunFlows:
             if not ledger.whole:
                 ledger.collect_garbage(folders)
                 stream = self._stream(flow, upstream, source, None)
-                shards, done = drain(_written(stream, self._writer(flow.output, (), flow.measures)), ledger, None, len(upstream.shards), whole=True)
+                shards, done = drain(
+                    _written(stream, self._writer(flow.output)),
+                    ledger,
+                    None,
+                    len(upstream.shards),
+                    whole=True,
+                )
                 if flow.export:
-                    self.export(sorted(f for commit in shards.values() for f in commit.files if f.startswith(flow.output + "/")))
+                    self.export(
+                        sorted(
+                            f for commit in shards.values() for f in commit.files if f.startswith(flow.output + "/")
+                        )
+                    )
                 ledger.commit(shards, whole=True)
                 ledger.collect_garbage(folders)
         else:
@@ -136,7 +154,7 @@ class RunFlows:
             if pending:
                 ledger.collect_garbage(folders)
                 stream = self._stream(flow, upstream, source, list(pending))
-                _, done = drain(_written(stream, self._writer(flow.output, sums, flow.measures)), ledger, pending, len(pending))
+                _, done = drain(_written(stream, self._writer(flow.output, sums)), ledger, pending, len(pending))
                 ledger.collect_garbage(folders)
         timing = self._timing(ledger, resumed, clock, done)
         extras = {stage.name: stage.report() for stage in flow.stages}
@@ -144,7 +162,9 @@ class RunFlows:
             if isinstance(stage, LLMStage):
                 generated = done.sums[stage.tokens_column]
                 rate = round(generated / timing["wall_s"], 1) if timing["wall_s"] and done.rows else None
-                extras[stage.name].update(generated_tokens=ledger.sums()[stage.tokens_column], generated_tokens_per_s=rate)
+                extras[stage.name].update(
+                    generated_tokens=ledger.sums()[stage.tokens_column], generated_tokens_per_s=rate
+                )
         return self._account(ledger, extras, timing)
 
     def export(self, files: list[str]) -> None:
@@ -153,9 +173,13 @@ class RunFlows:
         json_args = {"force_ascii": False}  # Chinese stays readable
         formats = self.config.final.formats
         if "alpaca" in formats:
-            self.folder.write_json_lines(final.map_batches(alpaca_rows, batch_format="pyarrow"), "export/alpaca", json_args)
+            self.folder.write_json_lines(
+                final.map_batches(alpaca_rows, batch_format="pyarrow"), "export/alpaca", json_args
+            )
         if "messages" in formats:
-            rows = final.map_batches(messages_rows, batch_format="pyarrow", fn_kwargs={"system_prompt": self.config.final.system_prompt})
+            rows = final.map_batches(
+                messages_rows, batch_format="pyarrow", fn_kwargs={"system_prompt": self.config.final.system_prompt}
+            )
             self.folder.write_json_lines(rows, "export/messages", json_args)
 
 
@@ -168,14 +192,16 @@ def _parts(results: ray.data.Dataset) -> Iterator[dict[str, Any]]:
         yield json.loads(row["parts"])
 
 
-def run(config: RunConfig, inputs: list[InputFile] | None = None, fresh: bool = False, force: bool = False) -> dict[str, Any]:
+def run(
+    config: RunConfig, inputs: list[InputFile] | None = None, fresh: bool = False, force: bool = False
+) -> dict[str, Any]:
     """Run the config's plan on the current Ray cluster; returns the report also written to report.json.
 
     Over a run folder that already holds this config's run, it resumes: shards every flow has
     committed are not redone.  `fresh` starts over; `force` resumes a run of a changed config.
     `inputs` are the files `plan_inputs(config)` lists; they are listed here when not given.
     """
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     clock = time.monotonic()
     inputs = plan_inputs(config) if inputs is None else inputs
     plan = build_plan(config)
@@ -195,7 +221,9 @@ def run(config: RunConfig, inputs: list[InputFile] | None = None, fresh: bool = 
         "started_at": started.isoformat(timespec="seconds"),
         "wall_s": round(time.monotonic() - clock, 3),
         "flows": job.flows,
-        "sources": {s.name: {"format": s.format, "files": sum(f.source == s.name for f in inputs)} for s in config.sources},
+        "sources": {
+            s.name: {"format": s.format, "files": sum(f.source == s.name for f in inputs)} for s in config.sources
+        },
         "stages": job.stages,
     }
     job.folder.write_json("report.json", report)

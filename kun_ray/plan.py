@@ -19,12 +19,12 @@ from typing import Any
 import pyarrow as pa
 
 from kun_ray.config.base import ConfigError
-from kun_ray.config.load import load, parse_config as parse_sections
+from kun_ray.config.load import load
+from kun_ray.config.load import parse_config as parse_sections
 from kun_ray.config.run import FlowConfig, RunConfig
-from kun_ray.io.records import DOCUMENT_SCHEMA
+from kun_ray.io.records import DOCUMENT_SCHEMA, REJECT_FIELDS
 from kun_ray.stages.base import RunContext, Stage
 from kun_ray.stages.registry import DEFAULT_FLOWS, READ_FLOW, READ_OUTPUT, REGISTRY, STAGE_TYPES, stage_class
-
 
 
 @dataclass
@@ -33,8 +33,6 @@ class Flow:
     output: str
     stages: list[Stage]
     export: bool = False
-    #: The measures its reject rows keep: those of its stages and of every stage before them.
-    measures: tuple[tuple[str, pa.DataType], ...] = ()
 
     @property
     def whole(self) -> bool:
@@ -48,6 +46,15 @@ class Plan:
 
     flows: list[Flow]
 
+    @property
+    def measures(self) -> tuple[tuple[str, pa.DataType], ...]:
+        """The measure columns every reject row of the run has (null before the stage that adds one)."""
+        found: dict[str, pa.DataType] = {}
+        for stage in self.stages():
+            added = stage.columns_added()
+            found.update({column: added[column] for column in stage.measures})
+        return tuple(found.items())
+
     def stages(self) -> list[Stage]:
         return [stage for flow in self.flows for stage in flow.stages]
 
@@ -55,7 +62,13 @@ class Plan:
         """The plan as manifest.json holds it: flows (with the read flow first) and each stage's declarations."""
         flows = [{"name": READ_FLOW, "output": READ_OUTPUT, "stages": [READ_FLOW], "commit": "shard", "export": False}]
         flows += [
-            {"name": f.name, "output": f.output, "stages": [s.name for s in f.stages], "commit": "whole" if f.whole else "shard", "export": f.export}
+            {
+                "name": f.name,
+                "output": f.output,
+                "stages": [s.name for s in f.stages],
+                "commit": "whole" if f.whole else "shard",
+                "export": f.export,
+            }
             for f in self.flows
         ]
         stages = {
@@ -84,7 +97,6 @@ def build_plan(config: RunConfig) -> Plan:
     flows = config.flows if written else {name: FlowConfig(**flow) for name, flow in DEFAULT_FLOWS.items()}
     context = RunContext(config.storage, tuple(s.name for s in config.sources))
     available: dict[str, pa.DataType] = {f.name: f.type for f in DOCUMENT_SCHEMA}
-    measures: dict[str, pa.DataType] = {}
     placed: dict[str, str] = {}
     outputs = {READ_OUTPUT: READ_FLOW}
     plan: list[Flow] = []
@@ -97,7 +109,9 @@ def build_plan(config: RunConfig) -> Plan:
         for name in flow.stages:
             if name not in config.stages:
                 if written:
-                    raise ConfigError(f"{where}.stages: no stage {name!r} in the config (stages: {', '.join(config.stages)})")
+                    raise ConfigError(
+                        f"{where}.stages: no stage {name!r} in the config (stages: {', '.join(config.stages)})"
+                    )
                 continue  # a default flow's stage the config has no section for (cjk_ratio)
             if name in placed:
                 raise ConfigError(f"{where}.stages: {name} runs in flow {placed[name]} already")
@@ -106,19 +120,32 @@ def build_plan(config: RunConfig) -> Plan:
             continue
         if flow.export and not config.final.enabled:
             continue
-        stages = [stage_class(config.stage_type(n))(n, config.stages[n], context) for n in flow.stages if n in config.stages and config.stages[n].enabled]
+        stages = [
+            stage_class(config.stage_type(n))(n, config.stages[n], context)
+            for n in flow.stages
+            if n in config.stages and config.stages[n].enabled
+        ]
         if not stages and not flow.export:
             continue
         for stage in stages:
+            stage.input_schema = pa.schema([*available.items(), *REJECT_FIELDS])
             for column in stage.columns_read():
                 if column not in available:
                     makers = " or ".join(_makers(column)) or "a stage that adds it"
-                    raise ConfigError(f"{stage.name}: the {stage.name} stage needs the {makers} stage's {column!r} column: enable {makers} before it")
-            added = stage.columns_added()
-            available.update(added)
-            measures.update({column: added[column] for column in stage.measures})
+                    raise ConfigError(
+                        f"{stage.name}: the {stage.name} stage needs the {makers} stage's {column!r} column: "
+                        f"enable {makers} before it"
+                    )
+            available.update(stage.columns_added())
         outputs[flow.output] = flow_name
-        plan.append(Flow(flow_name, flow.output, stages, flow.export, tuple(measures.items())))
+        plan.append(Flow(flow_name, flow.output, stages, flow.export))
+    for name, section in config.stages.items():
+        if section.enabled and name not in placed and name in config.written:
+            if written:
+                raise ConfigError(
+                    f"flows: stage {name} is enabled but in no flow: add it to one, or set {name}.enabled: false"
+                )
+            raise ConfigError(f"{name}: not in the default flows: write a flows: section that places it")
     return Plan(plan)
 
 

@@ -74,7 +74,8 @@ class Run:
 
     @classmethod
     def open(cls, path: str | Path, storage: StorageOptions | dict[str, Any] | None = None) -> Run:
-        """The run at `path`: a run folder (local, s3://, gs://), or a config file (.yaml), whose output and storage are used.
+        """The run at `path`: a run folder (local, s3://, gs://), or a config file (.yaml), whose
+        output and storage are used.
 
         `storage` reaches object storage the way a config's `storage:` does, e.g. {"endpoint_url": ...}.
         """
@@ -172,8 +173,11 @@ class Run:
             return ray.data.from_arrow(DOCUMENT_SCHEMA.empty_table())
         return self.folder.read_parquet(files)
 
-    def rejects(self, stage: str | None = None, reason: str | None = None, source: str | None = None) -> ray.data.Dataset:
-        """Rejected rows as a Ray Dataset: of one stage (e.g. "perplexity", "score"), one reason, one source, or all."""
+    def rejects(
+        self, stage: str | None = None, reason: str | None = None, source: str | None = None
+    ) -> ray.data.Dataset:
+        """Rejected rows as a Ray Dataset: of one stage (e.g. "perplexity", "score"), one reason,
+        one source, or all."""
         import ray.data
         from ray.data.expressions import col
 
@@ -208,13 +212,35 @@ class Run:
             body = f"SELECT * FROM {self.scan(files)}" if files else f"SELECT {empty} LIMIT 0"
             con.execute(f"CREATE VIEW {name} AS {body}")
         rejects = self.reject_files()
-        con.execute(f"CREATE VIEW rejects AS {f'SELECT * FROM {self.scan(rejects)}' if rejects else f'SELECT {empty}, NULL::VARCHAR AS stage, NULL::VARCHAR AS reason, NULL::VARCHAR AS detail LIMIT 0'}")
+        no_rejects = (
+            f"SELECT {empty}, {', '.join(f'NULL::VARCHAR AS {c}' for c in ('stage', 'reason', 'detail'))} LIMIT 0"
+        )
+        con.execute(f"CREATE VIEW rejects AS {f'SELECT * FROM {self.scan(rejects)}' if rejects else no_rejects}")
         rows = [
-            {"flow": step["flow"], "stage": step["stage"], "source": source, "rows_in": counts["in"], "kept": counts["kept"], "rejected": counts["rejected"]}
+            {
+                "flow": step["flow"],
+                "stage": step["stage"],
+                "source": source,
+                "rows_in": counts["in"],
+                "kept": counts["kept"],
+                "rejected": counts["rejected"],
+            }
             for step in self.funnel()
             for source, counts in step["by_source"].items()
         ]
-        funnel = pa.Table.from_pylist(rows, schema=pa.schema([("flow", pa.string()), ("stage", pa.string()), ("source", pa.string()), ("rows_in", pa.int64()), ("kept", pa.int64()), ("rejected", pa.int64())]))
+        funnel = pa.Table.from_pylist(
+            rows,
+            schema=pa.schema(
+                [
+                    ("flow", pa.string()),
+                    ("stage", pa.string()),
+                    ("source", pa.string()),
+                    ("rows_in", pa.int64()),
+                    ("kept", pa.int64()),
+                    ("rejected", pa.int64()),
+                ]
+            ),
+        )
         con.register("_funnel", funnel)
         con.execute("CREATE VIEW funnel AS SELECT * FROM _funnel")
         return con
@@ -237,7 +263,9 @@ class Run:
         relation = self.table(name)
         if where:
             relation = relation.filter(where)
-        return self.rows(f"SELECT * FROM ({relation.sql_query()}) USING SAMPLE reservoir({int(n)} ROWS) REPEATABLE ({int(seed)})")
+        return self.rows(
+            f"SELECT * FROM ({relation.sql_query()}) USING SAMPLE reservoir({int(n)} ROWS) REPEATABLE ({int(seed)})"
+        )
 
     def table(self, name: str) -> duckdb.DuckDBPyRelation:
         """A stage (or `rejects`, `funnel`) as a DuckDB relation: `.filter("score > 0.8").df()`."""
@@ -260,13 +288,19 @@ class Run:
             which = f" of source {source!r}" if source else ""
             raise RunNotFound(f"{self.url}: no document {doc_id!r}{which} in any committed stage or reject")
         if len(found) > 1:
-            raise RunNotFound(f"{self.url}: document {doc_id!r} is in sources {', '.join(sorted(found))}: pass source=")
-        (source_name, rows), = found.items()
+            raise RunNotFound(
+                f"{self.url}: document {doc_id!r} is in sources {', '.join(sorted(found))}: pass source="
+            )
+        ((source_name, rows),) = found.items()
         steps: list[TraceStep] = []
         seen: dict[str, Any] = {}
         for name, row in rows:
             if name == "rejects":
-                measures = {k: v for k, v in row.items() if k in (*self.measures, "instruction", "answer") and v is not None and seen.get(k) != v}
+                measures = {
+                    k: v
+                    for k, v in row.items()
+                    if k in (*self.measures, "instruction", "answer") and v is not None and seen.get(k) != v
+                }
                 steps.append(TraceStep(row["stage"], False, measures, row["reason"], row["detail"]))
             else:
                 added = {k: v for k, v in row.items() if k not in IDENTITY and v is not None and k not in seen}

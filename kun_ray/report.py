@@ -10,10 +10,17 @@ from kun_ray.ledger import Tally
 
 def _counts(rows_in: int, rejected: Counter[str]) -> dict[str, Any]:
     total = sum(rejected.values())
-    return {"in": rows_in, "kept": rows_in - total, "rejected": total, "rejected_by_reason": dict(rejected.most_common())}
+    return {
+        "in": rows_in,
+        "kept": rows_in - total,
+        "rejected": total,
+        "rejected_by_reason": dict(rejected.most_common()),
+    }
 
 
-def flow_report(stages: list[str], tally: Tally, extras: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+def flow_report(
+    stages: list[str], tally: Tally, extras: dict[str, dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
     """Each stage of a flow: rows in (what the stages before it kept), kept, rejected by reason,
     overall and for each source.  Rows in = kept + rejected at every stage by construction."""
     sources = sorted({source for _, source, _ in tally})
@@ -29,7 +36,9 @@ def flow_report(stages: list[str], tally: Tally, extras: dict[str, dict[str, Any
         for counts in by_source.values():
             overall.update(counts["rejected_by_reason"])
         rows_in = sum(c["in"] for c in by_source.values())
-        reports.append({"stage": stage, **_counts(rows_in, overall), "by_source": by_source, **(extras or {}).get(stage, {})})
+        reports.append(
+            {"stage": stage, **_counts(rows_in, overall), "by_source": by_source, **(extras or {}).get(stage, {})}
+        )
     return reports
 
 
@@ -54,7 +63,17 @@ def format_flows(report: dict[str, Any]) -> str:
     rows = [("flow", "shards", "resumed", "rows", "wall s", "rows/s", "")]
     for name, flow in report["flows"].items():
         rate = "" if flow["rows_per_s"] is None else f"{flow['rows_per_s']:,.1f}"
-        rows.append((name, str(flow["shards"]), str(flow["shards_resumed"]), f"{flow['rows']:,}", f"{flow['wall_s']:.1f}", rate, ""))
+        rows.append(
+            (
+                name,
+                str(flow["shards"]),
+                str(flow["shards_resumed"]),
+                f"{flow['rows']:,}",
+                f"{flow['wall_s']:.1f}",
+                rate,
+                "",
+            )
+        )
     return _aligned(rows, 1)
 
 
@@ -62,10 +81,14 @@ def format_table(report: dict[str, Any], per_source: bool = True) -> str:
     """The funnel as a plain-text table: each stage, then the sources it rejected rows of."""
     rows = [("stage", "source", "in", "kept", "rejected", "top reasons")]
     for stage in report["stages"]:
-        rows.append((stage["stage"], "(all)", str(stage["in"]), str(stage["kept"]), str(stage["rejected"]), _reasons(stage)))
+        rows.append(
+            (stage["stage"], "(all)", str(stage["in"]), str(stage["kept"]), str(stage["rejected"]), _reasons(stage))
+        )
         if per_source and len(stage["by_source"]) > 1:
             for source, counts in stage["by_source"].items():
                 if not counts["rejected"]:
                     continue
-                rows.append(("", source, str(counts["in"]), str(counts["kept"]), str(counts["rejected"]), _reasons(counts)))
+                rows.append(
+                    ("", source, str(counts["in"]), str(counts["kept"]), str(counts["rejected"]), _reasons(counts))
+                )
     return _aligned(rows, 2)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +47,14 @@ class Histogram:
         return sum(self.kept) + sum(self.cut)
 
 
-def histogram(run: Run, title: str, measure: str, rows_sql: str, threshold: float | None, side: str) -> Histogram | None:
+def histogram(
+    run: Run, title: str, measure: str, rows_sql: str, threshold: float | None, side: str
+) -> Histogram | None:
     """Bin `rows_sql` (columns x, is_cut) in DuckDB, up to the 99.5th percentile or the cut
     (beyond it, the last bin), so one outlier does not flatten the rest; None when there are no rows."""
-    lo, top, n = run.connection.execute(f"SELECT min(x), quantile_cont(x, 0.995), count(*) FROM ({rows_sql}) WHERE x IS NOT NULL").fetchone()
+    lo, top, n = run.connection.execute(
+        f"SELECT min(x), quantile_cont(x, 0.995), count(*) FROM ({rows_sql}) WHERE x IS NOT NULL"
+    ).fetchone()
     if not n:
         return None
     if threshold is not None:  # the cut is always in sight, with room on its far side
@@ -58,8 +62,8 @@ def histogram(run: Run, title: str, measure: str, rows_sql: str, threshold: floa
     hi = top + (top - lo) * 0.05
     width = (hi - lo) / BINS if hi > lo else 1.0
     counts = run.connection.execute(
-        f"SELECT least(greatest(CAST(floor((x - {lo!r}) / {width!r}) AS INTEGER), 0), {BINS - 1}) AS bin, is_cut, count(*) "
-        f"FROM ({rows_sql}) WHERE x IS NOT NULL GROUP BY ALL"
+        f"SELECT least(greatest(CAST(floor((x - {lo!r}) / {width!r}) AS INTEGER), 0), {BINS - 1}) AS bin, "
+        f"is_cut, count(*) FROM ({rows_sql}) WHERE x IS NOT NULL GROUP BY ALL"
     ).fetchall()
     kept, cut = [0] * BINS, [0] * BINS
     for bin_, is_cut, count in counts:
@@ -91,7 +95,9 @@ def measure_histograms(run: Run) -> list[Histogram]:
                 if not parts:
                     continue
                 threshold = (fixed.get(name) or {}).get(chart["fixed"]) if chart.get("fixed") else chart["threshold"]
-                charts.append(histogram(run, chart["title"], chart["unit"], " UNION ALL ".join(parts), threshold, chart["side"]))
+                charts.append(
+                    histogram(run, chart["title"], chart["unit"], " UNION ALL ".join(parts), threshold, chart["side"])
+                )
     return [c for c in charts if c is not None]
 
 
@@ -114,7 +120,15 @@ def _pyplot() -> Any:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "kun-ray", "font.size": 9, "axes.spines.top": False, "axes.spines.right": False})
+    plt.rcParams.update(
+        {
+            "svg.fonttype": "none",
+            "svg.hashsalt": "kun-ray",
+            "font.size": 9,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+        }
+    )
     return plt
 
 
@@ -131,8 +145,13 @@ def histogram_svg(chart: Histogram) -> str:
         keeps = "≤" if chart.side == "max" else "≥"
         right_half = chart.threshold > (chart.edges[0] + chart.edges[-1]) / 2  # the label goes on the roomier side
         axes.annotate(
-            f"cut: keep {keeps} {chart.threshold:g}", xy=(chart.threshold, 1), xycoords=("data", "axes fraction"),
-            xytext=(-4 if right_half else 4, -10), textcoords="offset points", ha="right" if right_half else "left", fontsize=8,
+            f"cut: keep {keeps} {chart.threshold:g}",
+            xy=(chart.threshold, 1),
+            xycoords=("data", "axes fraction"),
+            xytext=(-4 if right_half else 4, -10),
+            textcoords="offset points",
+            ha="right" if right_half else "left",
+            fontsize=8,
         )
     axes.set_xlabel(chart.measure)
     axes.set_ylabel("rows")
@@ -150,7 +169,9 @@ def funnel_svg(funnel: list[dict[str, Any]]) -> str:
     axes.barh(names, kept, color=KEPT, label="kept")
     axes.barh(names, rejected, left=kept, color=CUT, label="rejected")
     for y, (k, r) in enumerate(zip(kept, rejected)):
-        axes.annotate(f"{k:,} / {k + r:,}", xy=(k + r, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
+        axes.annotate(
+            f"{k:,} / {k + r:,}", xy=(k + r, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7
+        )
     axes.set_xlabel("rows")
     axes.legend(frameon=False, fontsize=8, loc="lower right")
     return _svg(figure)
@@ -187,7 +208,15 @@ def reason_rows(funnel: list[dict[str, Any]], limit: int = 5) -> tuple[list[str]
     for stage in funnel:
         for reason, total in list(stage["rejected_by_reason"].items())[:limit]:
             per_source = [stage["by_source"].get(s, {}).get("rejected_by_reason", {}).get(reason, 0) for s in sources]
-            rows.append({"stage": stage["stage"], "reason": reason, "total": total, "share": total / stage["in"] if stage["in"] else 0.0, "per_source": per_source})
+            rows.append(
+                {
+                    "stage": stage["stage"],
+                    "reason": reason,
+                    "total": total,
+                    "share": total / stage["in"] if stage["in"] else 0.0,
+                    "per_source": per_source,
+                }
+            )
     return sources, rows
 
 
@@ -218,7 +247,9 @@ def render_report(run: Run) -> str:
     charts = measure_histograms(run)
     sources, reasons = reason_rows(funnel)
     sample_stage, samples = sample_pairs(run)
-    environment = jinja2.Environment(loader=jinja2.PackageLoader("kun_ray", "templates"), autoescape=True, undefined=jinja2.StrictUndefined)
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("kun_ray", "templates"), autoescape=True, undefined=jinja2.StrictUndefined
+    )
     environment.filters["number"] = _number
     page = environment.get_template("report.html").render(
         run=run,
@@ -227,14 +258,16 @@ def render_report(run: Run) -> str:
         finished=run.finished,
         funnel=funnel,
         funnel_svg=funnel_svg(funnel) if funnel else None,
-        source_mix_svg=source_mix_svg(funnel) if funnel and len({s for st in funnel for s in st["by_source"]}) > 1 else None,
+        source_mix_svg=source_mix_svg(funnel)
+        if funnel and len({s for st in funnel for s in st["by_source"]}) > 1
+        else None,
         charts=[(chart, histogram_svg(chart)) for chart in charts],
         sources=sources,
         reasons=reasons,
         sample_stage=sample_stage,
         samples=samples,
         version=__version__,
-        written_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        written_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     return redact(page)
 

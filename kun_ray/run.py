@@ -1,8 +1,9 @@
 """The run folder: where a run's stages, rejects, commits and report live, local or on object storage.
 
     <output>/
-      manifest.json       the config's fingerprint and settings, the input shards, values fixed on first use
-      documents/          the read stage's documents (Parquet)
+      manifest.json       the config's fingerprint and settings, the input shards, the plan (flows,
+                          folders, stages' declarations), values fixed on first use
+      documents/          the read stage's documents (Parquet); then a folder per flow, by default:
       filtered/           documents the CPU filters kept (normalize, length, perplexity, heuristics)
       clean/              filtered documents left after exact and near dedup
       labeled/            clean documents with the instruction the label model wrote
@@ -28,7 +29,7 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
@@ -70,8 +71,14 @@ def layout(manifest: dict[str, Any]) -> list[FlowLayout]:
     flows = (manifest.get("plan") or {}).get("flows")
     if flows is None:
         flows = [{"name": READ_FLOW, "output": READ_OUTPUT, "stages": [READ_FLOW], "commit": "shard"}]
-        flows += [{"name": n, **f, "commit": "whole" if n in ("dedup", "final") else "shard"} for n, f in DEFAULT_FLOWS.items()]
-    return [FlowLayout(f["name"], f["output"], tuple(f["stages"]), f["commit"] == "whole", bool(f.get("export"))) for f in flows]
+        flows += [
+            {"name": n, **f, "commit": "whole" if n in ("dedup", "final") else "shard"}
+            for n, f in DEFAULT_FLOWS.items()
+        ]
+    return [
+        FlowLayout(f["name"], f["output"], tuple(f["stages"]), f["commit"] == "whole", bool(f.get("export")))
+        for f in flows
+    ]
 
 
 def measures(manifest: dict[str, Any]) -> list[str]:
@@ -194,7 +201,9 @@ class RunFolder:
             )
         return manifest
 
-    def open(self, settings: dict[str, Any], plan: dict[str, Any], fresh: bool = False, force: bool = False) -> dict[str, Any]:
+    def open(
+        self, settings: dict[str, Any], plan: dict[str, Any], fresh: bool = False, force: bool = False
+    ) -> dict[str, Any]:
         """Start or resume the run here: its manifest, written when new, when `force` changed the
         config, or when it lacks the plan (a run folder of kun-ray 0.1)."""
         if fresh:
@@ -206,7 +215,7 @@ class RunFolder:
                 fixed["perplexity"] = fixed.pop("perplexity_cut")
             manifest = {
                 "kun_ray_version": __version__,
-                "created_at": (manifest or {}).get("created_at") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "created_at": (manifest or {}).get("created_at") or datetime.now(UTC).isoformat(timespec="seconds"),
                 "fingerprint": fingerprint(settings),
                 "settings": settings,
                 "plan": plan,

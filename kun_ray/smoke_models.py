@@ -41,9 +41,13 @@ def build_tokenizer(texts: Iterable[str], out_dir: Path, vocab_size: int = 2000)
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tokenizer.train_from_iterator(list(texts), trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    )
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(str(out_dir))
     return out_dir
@@ -122,7 +126,11 @@ def write_bigram_arpa(lines: list[str], sentencepiece_model: Path, arpa_path: Pa
     one += [f"{math.log10((unigrams[w] + 1) / total):.6f}\t{w}\t{backoff if w in contexts else 0:.6f}" for w in words]
     two = [f"{math.log10(BIGRAM_SHARE * n / contexts[a]):.6f}\t{a} {b}" for (a, b), n in sorted(bigrams.items())]
     arpa_path.write_text(
-        f"\\data\\\nngram 1={len(one)}\nngram 2={len(two)}\n\n\\1-grams:\n" + "\n".join(one) + "\n\n\\2-grams:\n" + "\n".join(two) + "\n\n\\end\\\n",
+        f"\\data\\\nngram 1={len(one)}\nngram 2={len(two)}\n\n\\1-grams:\n"
+        + "\n".join(one)
+        + "\n\n\\2-grams:\n"
+        + "\n".join(two)
+        + "\n\n\\end\\\n",
         encoding="utf-8",
     )
     return arpa_path
@@ -150,14 +158,18 @@ def build_all(texts: list[str], out_dir: Path, chat_model: bool = True) -> dict[
 
 
 def corpus_texts(config_path: str) -> list[str]:
-    from kun_ray.plan import load_config
     from kun_ray.io.read import plan_inputs, read_file
+    from kun_ray.plan import load_config
 
     config = load_config(config_path)
     texts = []
     for file in plan_inputs(config):
         source = config.source(file.source)
-        texts += [r["text"] for r in read_file(file, source, config.storage_for(source.storage)) if r["reject_reason"] is None]
+        texts += [
+            r["text"]
+            for r in read_file(file, source, config.storage_for(source.storage))
+            if r["reject_reason"] is None
+        ]
     return texts
 
 

@@ -15,14 +15,26 @@ from rich.table import Table
 from rich.text import Text
 
 #: Fields a pair shows, in order, with the label they get.
-PAIR_FIELDS = (("instruction", "instruction"), ("answer", "answer"), ("text", "text"), ("reason", "reason"), ("detail", "detail"))
+PAIR_FIELDS = (
+    ("instruction", "instruction"),
+    ("answer", "answer"),
+    ("text", "text"),
+    ("reason", "reason"),
+    ("detail", "detail"),
+)
 #: Measures shown in a pair's heading when the row has them.
 HEADING_FIELDS = ("stage", "source", "doc_id", "score", "ppl", "n_tokens")
 
 
 def render(*items: RenderableType, width: int | None = None) -> str:
     """Rich renderables as plain text, `width` columns wide (the terminal's, or $COLUMNS, by default)."""
-    console = Console(file=io.StringIO(), width=width or shutil.get_terminal_size((120, 40)).columns, color_system=None, highlight=False, soft_wrap=False)
+    console = Console(
+        file=io.StringIO(),
+        width=width or shutil.get_terminal_size((120, 40)).columns,
+        color_system=None,
+        highlight=False,
+        soft_wrap=False,
+    )
     for item in items:
         console.print(item)
     text = console.file.getvalue()  # type: ignore[attr-defined]
@@ -44,8 +56,12 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], max_cell: int =
     """Query results as a table; long cells end in an ellipsis (`--json` or `--csv` give them whole)."""
     result = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     for i, name in enumerate(columns):
-        numeric = bool(rows) and all(isinstance(row[i], (int, float)) and not isinstance(row[i], bool) for row in rows if row[i] is not None)
-        result.add_column(name, no_wrap=True, overflow="ellipsis", max_width=max_cell, justify="right" if numeric else "left")
+        numeric = bool(rows) and all(
+            isinstance(row[i], (int, float)) and not isinstance(row[i], bool) for row in rows if row[i] is not None
+        )
+        result.add_column(
+            name, no_wrap=True, overflow="ellipsis", max_width=max_cell, justify="right" if numeric else "left"
+        )
     for row in rows:
         result.add_row(*(cell(v) for v in row))
     return result
@@ -59,7 +75,11 @@ def shorten(text: str, limit: int | None) -> str:
 def pair(row: dict[str, Any], number: str, text_chars: int | None = 300) -> Table:
     """One row as a readable block: a heading of where it is from, then its instruction, answer
     and text (and reason, detail for a reject), labels on the left, values wrapped beside them."""
-    heading = "  ".join(f"{cell(row[k])}" if k in ("stage", "source", "doc_id") else f"{k} {cell(row[k])}" for k in HEADING_FIELDS if row.get(k) is not None)
+    heading = "  ".join(
+        f"{cell(row[k])}" if k in ("stage", "source", "doc_id") else f"{k} {cell(row[k])}"
+        for k in HEADING_FIELDS
+        if row.get(k) is not None
+    )
     block = Table.grid(padding=(0, 2))
     block.add_column(style="bold", no_wrap=True)
     block.add_column(overflow="fold")
@@ -80,11 +100,18 @@ def pairs(rows: list[dict[str, Any]], stage: str, text_chars: int | None = 300, 
 
 def funnel_progress(progress: dict[str, dict[str, Any]], finished: bool) -> str:
     """A line per flow: shards committed of the run's, and the run's state."""
-    rows = [(flow, stage["stage"], f"{stage['shards']}/{stage['of']} shards", "done" if stage["done"] else "in progress") for flow, stage in progress.items()]
+    rows = [
+        (flow, stage["stage"], f"{stage['shards']}/{stage['of']} shards", "done" if stage["done"] else "in progress")
+        for flow, stage in progress.items()
+    ]
     grid = Table.grid(padding=(0, 2))
     for _ in range(4):
         grid.add_column(no_wrap=True)
     for row in rows:
         grid.add_row(*row)
-    state = "finished (report.json written)" if finished else "not finished: going on, stopped or crashed (no report.json yet)"
+    state = (
+        "finished (report.json written)"
+        if finished
+        else "not finished: going on, stopped or crashed (no report.json yet)"
+    )
     return render(grid, Text(f"run {state}"))

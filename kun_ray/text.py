@@ -9,7 +9,7 @@ from functools import lru_cache
 @lru_cache(maxsize=64)
 def _repeated_unit_pattern(max_unit_chars: int, max_repeats: int) -> re.Pattern[str]:
     # A unit starts with a non-space character: runs of whitespace have their own rule.
-    return re.compile(r"(\S.{0,%d}?)\1{%d,}" % (max_unit_chars - 1, max_repeats), re.DOTALL)
+    return re.compile(rf"(\S.{{0,{max_unit_chars - 1}}}?)\1{{{max_repeats},}}", re.DOTALL)
 
 
 def repetition_detail(text: str, max_unit_chars: int, max_repeats: int) -> str | None:

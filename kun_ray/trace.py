@@ -50,7 +50,6 @@ class Trace:
         return format_trace(self)
 
 
-
 def format_trace(trace: Trace, width: int | None = None) -> str:
     """A document's journey: a line per stage, kept or dropped, with what the stage added or why it dropped it."""
     steps = Table.grid(padding=(0, 2))
@@ -63,6 +62,8 @@ def format_trace(trace: Trace, width: int | None = None) -> str:
         if step.kept:
             steps.add_row(step.stage, "kept", added)
         else:
-            steps.add_row(step.stage, "dropped", f"{step.reason}: {step.detail or ''}" + (f"  ({added})" if added else ""))
+            steps.add_row(
+                step.stage, "dropped", f"{step.reason}: {step.detail or ''}" + (f"  ({added})" if added else "")
+            )
     heading = Text(f"{trace.doc_id}  source {trace.source}  shard {trace.shard}")
     return render(heading, steps, Text(trace.outcome), width=width)

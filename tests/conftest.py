@@ -27,6 +27,7 @@ BUCKETS = ("corpora", "runs")
 def smoke_models(tmp_path_factory) -> dict[str, Path]:
     """The smoke-test models (tokenizer, SentencePiece, KenLM, a random chat model), built once per session."""
     from corpus import ZH
+
     from kun_ray.smoke_models import build_all
 
     return build_all(ZH * 3 + ["".join(ZH)], tmp_path_factory.mktemp("smoke-models"))
@@ -99,7 +100,16 @@ def s3(tmp_path_factory) -> S3Server:
     data = tmp_path_factory.mktemp("seaweedfs")
     log = open(data / "weed.log", "wb")
     process = subprocess.Popen(
-        [weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-bucket={','.join(BUCKETS)}", "-admin.ui=false", "-webdav=false"],
+        [
+            weed,
+            "mini",
+            f"-dir={data}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-bucket={','.join(BUCKETS)}",
+            "-admin.ui=false",
+            "-webdav=false",
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=data,

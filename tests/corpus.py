@@ -44,8 +44,19 @@ class Corpus:
         return [
             {"name": "wudao", "format": "wudao", "paths": [f"{b}/wudao/part-*.json"]},
             {"name": "wanjuan", "format": "wanjuan", "paths": [f"{b}/wanjuan/*.jsonl.gz"]},
-            {"name": "skypile", "format": "skypile", "paths": [f"{b}/skypile/data/*.jsonl", f"{b}/skypile/data/*.jsonl.zst"]},
-            {"name": "web", "format": "jsonl", "paths": [f"{b}/web/"], "text_field": "body", "id_field": "url", "title_field": "headline"},
+            {
+                "name": "skypile",
+                "format": "skypile",
+                "paths": [f"{b}/skypile/data/*.jsonl", f"{b}/skypile/data/*.jsonl.zst"],
+            },
+            {
+                "name": "web",
+                "format": "jsonl",
+                "paths": [f"{b}/web/"],
+                "text_field": "body",
+                "id_field": "url",
+                "title_field": "headline",
+            },
             {"name": "table", "format": "parquet", "paths": [f"{b}/table/*.parquet"], "text_field": "text"},
         ]
 
@@ -67,7 +78,17 @@ def build_corpus(root: Path) -> Corpus:
         (root / d).mkdir(parents=True, exist_ok=True)
 
     # WuDao: a bare array, a RECORDS wrapper, and a truncated file.
-    records = [{"id": i, "uniqueKey": f"wd-{i}", "titleUkey": f"t{i}", "dataType": "博客", "title": f"标题{i}", "content": ZH[i]} for i in range(3)]
+    records = [
+        {
+            "id": i,
+            "uniqueKey": f"wd-{i}",
+            "titleUkey": f"t{i}",
+            "dataType": "博客",
+            "title": f"标题{i}",
+            "content": ZH[i],
+        }
+        for i in range(3)
+    ]
     for r in records:
         c.good("wudao", r["uniqueKey"], r["content"])
     records.append({"id": 3, "uniqueKey": "wd-3", "title": "无正文"})
@@ -80,7 +101,9 @@ def build_corpus(root: Path) -> Corpus:
     wrapped = [{"id": 7, "uniqueKey": "wd-7", "dataType": "百科", "title": "", "content": ZH[3]}]
     c.good("wudao", "wd-7", ZH[3])
     (root / "wudao/part-002.json").write_text(json.dumps({"RECORDS": wrapped}, ensure_ascii=False), encoding="utf-8")
-    truncated = json.dumps([{"uniqueKey": "wd-8", "content": ZH[4]}, {"uniqueKey": "wd-9", "content": ZH[5]}], ensure_ascii=False)
+    truncated = json.dumps(
+        [{"uniqueKey": "wd-8", "content": ZH[4]}, {"uniqueKey": "wd-9", "content": ZH[5]}], ensure_ascii=False
+    )
     (root / "wudao/part-003.json").write_text(truncated[: len(truncated) - 20], encoding="utf-8")
     c.good("wudao", "wd-8", ZH[4])
     c.bad("wudao", "part-003.json", "unreadable_file")
@@ -117,7 +140,16 @@ def build_corpus(root: Path) -> Corpus:
             c.good("wanjuan", r["id"], r["content"])
 
     # SkyPile: plain and zstd JSONL; doc ids from path and line.
-    sky = [{"text": ZH[8]}, b'{"text": "\xff\xfe bad bytes"}', b"   ", {"text": ""}, b'["a", "list"]', {"text": None}, {"text": ZH[9]}, b"\x00\x01garbage"]
+    sky = [
+        {"text": ZH[8]},
+        b'{"text": "\xff\xfe bad bytes"}',
+        b"   ",
+        {"text": ""},
+        b'["a", "list"]',
+        {"text": None},
+        {"text": ZH[9]},
+        b"\x00\x01garbage",
+    ]
     (root / "skypile/data/2020-40_zh_head_0000.jsonl").write_bytes(jsonl(sky))
     name = "2020-40_zh_head_0000.jsonl"
     c.good("skypile", f"{name}:1", ZH[8])
@@ -131,7 +163,14 @@ def build_corpus(root: Path) -> Corpus:
     c.good("skypile", "2020-40_zh_tail_0001.jsonl.zst:1", ZH[10])
 
     # Generic JSONL in a folder, with configured field names.
-    (root / "web/2024/a.jsonl").write_bytes(jsonl([{"url": "https://example.cn/1", "headline": "天空", "body": ZH[11], "lang": "zh"}, {"headline": "no url", "body": ZH[0]}]))
+    (root / "web/2024/a.jsonl").write_bytes(
+        jsonl(
+            [
+                {"url": "https://example.cn/1", "headline": "天空", "body": ZH[11], "lang": "zh"},
+                {"headline": "no url", "body": ZH[0]},
+            ]
+        )
+    )
     (root / "web/_SUCCESS").write_bytes(b"")
     c.good("web", "https://example.cn/1", ZH[11])
     c.bad("web", "2024/a.jsonl:2", "missing_id")

@@ -4,8 +4,9 @@ the pipeline tests and the tests that read a run back (tests/test_query.py)."""
 from __future__ import annotations
 
 from corpus import ZH, jsonl
-from kun_ray.plan import parse_config
+
 from kun_ray.pipeline import run
+from kun_ray.plan import parse_config
 
 # Too long for the label engine's 256-token context but not for the length stage's 512: rare
 # characters the smoke-test tokenizer never saw, three byte-level tokens each (about 300).
@@ -43,7 +44,9 @@ def run_llm_pipeline(tmp_path, smoke_models, sources: dict[str, list[str]] | Non
         folder = tmp_path / "corpus" / name
         folder.mkdir(parents=True)
         (folder / f"{name}.jsonl").write_bytes(jsonl([{"text": t} for t in texts]))
-        config_sources.append({"name": name, "format": "skypile" if name == "sky" else "jsonl", "paths": [str(folder)]})
+        config_sources.append(
+            {"name": name, "format": "skypile" if name == "sky" else "jsonl", "paths": [str(folder)]}
+        )
     config = parse_config(
         {
             "sources": config_sources,
@@ -63,7 +66,12 @@ def kun_pipeline(tmp_path, smoke_models):
         tmp_path,
         smoke_models,
         sources={"sky": [*ZH[:7], OVERLONG], "web": [*ZH[7:], NOISE]},
-        perplexity={"enabled": True, "kenlm_model": str(smoke_models["kenlm_model"]), "sentencepiece_model": str(smoke_models["sentencepiece_model"]), "max_ppl": KUN_MAX_PPL},
+        perplexity={
+            "enabled": True,
+            "kenlm_model": str(smoke_models["kenlm_model"]),
+            "sentencepiece_model": str(smoke_models["sentencepiece_model"]),
+            "max_ppl": KUN_MAX_PPL,
+        },
         label={**engine(model, max_model_len=256), "keywords": [], "sampling": {"max_tokens": 24}},
         score={**engine(model), "mode": "kun_instruction", "method": "logprobs", "min_score": 0.0},
         polish={**engine(model), "keywords": [], "min_answer_chars": 0, "sampling": {"max_tokens": 24}},

@@ -12,19 +12,16 @@ import pytest
 from corpus import ZH, jsonl
 
 from kun_ray.clean.heuristics import Heuristics, repeated_line_fraction
-from kun_ray.clean.length import Length, length_verdict
-from kun_ray.dedup.near import band_keys, group_keepers, lsh_bands, shingle_hashes
+from kun_ray.clean.length import Length, LengthConfig, length_verdict
 from kun_ray.clean.normalize import normalize_text
 from kun_ray.clean.perplexity import PerplexityScorer, ccnet_normalize, quantile_cut
-from kun_ray.stages.base import Verdicts, on_live_rows
-from kun_ray.clean.heuristics import HeuristicsConfig
-from kun_ray.clean.length import LengthConfig
 from kun_ray.config import ConfigError, StorageOptions
-from kun_ray.dedup.near import NearDedupConfig
-from kun_ray.plan import parse_config
+from kun_ray.dedup.near import NearDedupConfig, band_keys, group_keepers, lsh_bands, shingle_hashes
 from kun_ray.io.records import STREAM_SCHEMA
 from kun_ray.pipeline import run
+from kun_ray.plan import parse_config
 from kun_ray.smoke_models import build_sentencepiece
+from kun_ray.stages.base import Verdicts, on_live_rows
 
 LONG = "".join(ZH)  # about 330 characters of ordinary Chinese
 
@@ -83,7 +80,9 @@ def write_arpa(path, unigrams: dict[str, float], bigrams: dict[str, float] | Non
     bigrams = bigrams or {"<s> </s>": -1.0}
     one = "\n".join(f"{p}\t{w}\t0" for w, p in unigrams.items())
     two = "\n".join(f"{p}\t{w}" for w, p in bigrams.items())
-    path.write_text(f"\\data\\\nngram 1={len(unigrams)}\nngram 2={len(bigrams)}\n\n\\1-grams:\n{one}\n\n\\2-grams:\n{two}\n\n\\end\\\n")
+    path.write_text(
+        f"\\data\\\nngram 1={len(unigrams)}\nngram 2={len(bigrams)}\n\n\\1-grams:\n{one}\n\n\\2-grams:\n{two}\n\n\\end\\\n"
+    )
     return path
 
 
@@ -116,7 +115,9 @@ def test_perplexity_aggregates_lines_over_pieces_plus_one(tmp_path, sentencepiec
 
 
 def test_smoke_kenlm_model_prefers_chinese_it_has_seen(smoke_models):
-    scorer = PerplexityScorer(str(smoke_models["kenlm_model"]), str(smoke_models["sentencepiece_model"]), StorageOptions())
+    scorer = PerplexityScorer(
+        str(smoke_models["kenlm_model"]), str(smoke_models["sentencepiece_model"]), StorageOptions()
+    )
     assert scorer.perplexity(ZH[3]) * 5 < scorer.perplexity("qzx vbn 乱码乱码 wlk mmpq")
 
 
@@ -139,10 +140,21 @@ def test_quantile_cut():
         (ZH[0] + " " * 11 + ZH[1], "whitespace_run"),
         (ZH[0] + "\n" + ZH[1], None),
     ],
-    ids=["char-run", "char-run-at-limit", "phrase-loop", "boilerplate-lines", "a-paragraph-twice", "whitespace", "clean"],
+    ids=[
+        "char-run",
+        "char-run-at-limit",
+        "phrase-loop",
+        "boilerplate-lines",
+        "a-paragraph-twice",
+        "whitespace",
+        "clean",
+    ],
 )
 def test_heuristics(text, reason):
-    assert Heuristics.build(max_unit_repeats=10, max_repeated_line_fraction=0.3, max_whitespace_run=10).verdict(text)[0] == reason
+    assert (
+        Heuristics.build(max_unit_repeats=10, max_repeated_line_fraction=0.3, max_whitespace_run=10).verdict(text)[0]
+        == reason
+    )
 
 
 def test_repeated_line_fraction():
@@ -167,14 +179,20 @@ def test_stages_leave_rows_rejected_earlier_alone():
 
     def reject_all(rows):
         seen.extend(rows["doc_id"].to_pylist())
-        return Verdicts(rows.append_column("n", pa.array([1] * rows.num_rows, pa.int64())), ["r"] * rows.num_rows, ["d"] * rows.num_rows)
+        return Verdicts(
+            rows.append_column("n", pa.array([1] * rows.num_rows, pa.int64())),
+            ["r"] * rows.num_rows,
+            ["d"] * rows.num_rows,
+        )
 
     out = on_live_rows(stream_rows(["a", "b", "c"], rejected={1}), "st", reject_all)
     assert seen == ["0", "2"]
     by_id = {r["doc_id"]: r for r in out.to_pylist()}
     assert (by_id["0"]["reject_stage"], by_id["0"]["reject_reason"], by_id["0"]["n"]) == ("st", "r", 1)
     assert (by_id["1"]["reject_stage"], by_id["1"]["reject_reason"], by_id["1"]["n"]) == ("read", "x", None)
-    assert on_live_rows(stream_rows(["a"], rejected={0}), "st", reject_all).schema.names[-1] == "n", "a batch with no live row keeps the schema"
+    assert on_live_rows(stream_rows(["a"], rejected={0}), "st", reject_all).schema.names[-1] == "n", (
+        "a batch with no live row keeps the schema"
+    )
 
 
 # --- near dedup --------------------------------------------------------------------------
@@ -207,8 +225,22 @@ def test_group_keepers_joins_chains_and_keeps_the_smallest():
 @pytest.mark.parametrize(
     "section, message",
     [
-        ({"perplexity": {"enabled": True, "keep_fraction": 0.9}}, "perplexity: kenlm_model is required when the perplexity stage is enabled"),
-        ({"perplexity": {"enabled": True, "kenlm_model": "a", "sentencepiece_model": "b", "max_ppl": 9, "keep_fraction": 0.5}}, "perplexity: set exactly one of max_ppl and keep_fraction"),
+        (
+            {"perplexity": {"enabled": True, "keep_fraction": 0.9}},
+            "perplexity: kenlm_model is required when the perplexity stage is enabled",
+        ),
+        (
+            {
+                "perplexity": {
+                    "enabled": True,
+                    "kenlm_model": "a",
+                    "sentencepiece_model": "b",
+                    "max_ppl": 9,
+                    "keep_fraction": 0.5,
+                }
+            },
+            "perplexity: set exactly one of max_ppl and keep_fraction",
+        ),
         ({"near_dedup": {"threshold": 1.5}}, "near_dedup.threshold: Input should be less than 1"),
         ({"length": {"max_token": 5}}, "length.max_token: unknown key (did you mean 'max_tokens'?)"),
     ],
@@ -237,7 +269,11 @@ def clean_run(ray_cluster, smoke_models, tmp_path_factory):
     ]  # fmt: skip
     (root / "a").mkdir()
     (root / "a/part.jsonl").write_bytes(jsonl(first))
-    second = [{"id": "w1", "content": LONG}, {"id": "w2", "content": ZH[6] + "。" + ZH[7]}, {"id": "w3", "content": " \u3000 "}]
+    second = [
+        {"id": "w1", "content": LONG},
+        {"id": "w2", "content": ZH[6] + "。" + ZH[7]},
+        {"id": "w3", "content": " \u3000 "},
+    ]
     (root / "b").mkdir()
     (root / "b/part.jsonl").write_bytes(jsonl(second))
     config = parse_config(
@@ -248,7 +284,12 @@ def clean_run(ray_cluster, smoke_models, tmp_path_factory):
             ],
             "output": str(tmp_path_factory.mktemp("clean-run")),
             "length": {"min_chars": 10, "max_tokens": 512, "tokenizer": str(smoke_models["tokenizer"])},
-            "perplexity": {"enabled": True, "kenlm_model": str(smoke_models["kenlm_model"]), "sentencepiece_model": str(smoke_models["sentencepiece_model"]), "max_ppl": 200},
+            "perplexity": {
+                "enabled": True,
+                "kenlm_model": str(smoke_models["kenlm_model"]),
+                "sentencepiece_model": str(smoke_models["sentencepiece_model"]),
+                "max_ppl": 200,
+            },
         }
     )
     report = run(config)
@@ -279,7 +320,10 @@ def test_each_stage_drops_what_it_should(clean_run):
 def test_dedup_details_name_the_kept_document(clean_run):
     _, _, rejects = clean_run
     details = {r["doc_id"]: r["detail"] for r in rejects if r["stage"] in ("exact_dedup", "near_dedup")}
-    assert details == {"w1": "duplicate of part.jsonl:1 (source sky)", "part.jsonl:4": "duplicate of part.jsonl:1 (source sky)"}
+    assert details == {
+        "w1": "duplicate of part.jsonl:1 (source sky)",
+        "part.jsonl:4": "duplicate of part.jsonl:1 (source sky)",
+    }
 
 
 def test_clean_rows_carry_every_stage_column(clean_run):

@@ -42,9 +42,18 @@ def _check_botocore(value: Any, shape: Any, where: str) -> list[str]:
         if not isinstance(value, dict):
             return [f"{where}: expected a mapping"]
         problems = [f"{where}.{key}: not a field of {shape.name}" for key in value if key not in shape.members]
-        return problems + [p for key, item in value.items() if key in shape.members for p in _check_botocore(item, shape.members[key], f"{where}.{key}")]
+        return problems + [
+            p
+            for key, item in value.items()
+            if key in shape.members
+            for p in _check_botocore(item, shape.members[key], f"{where}.{key}")
+        ]
     if shape.type_name == "list":
-        return [p for i, item in enumerate(value) for p in _check_botocore(item, shape.member, f"{where}[{i}]")] if isinstance(value, list) else [f"{where}: expected a list"]
+        return (
+            [p for i, item in enumerate(value) for p in _check_botocore(item, shape.member, f"{where}[{i}]")]
+            if isinstance(value, list)
+            else [f"{where}: expected a list"]
+        )
     if shape.type_name in ("integer", "long"):
         return [] if isinstance(value, int) and not isinstance(value, bool) else [f"{where}: expected an integer"]
     if shape.type_name == "boolean":
@@ -80,10 +89,25 @@ def _check_discovery(value: Any, schema: dict, schemas: dict, where: str) -> lis
         if not isinstance(value, dict):
             return [f"{where}: expected a mapping"]
         props = schema["properties"]
-        problems = [f"{where}.{key}: not a field of {schema.get('id', 'this object')}" for key in value if key not in props]
-        return problems + [p for key, item in value.items() if key in props for p in _check_discovery(item, props[key], schemas, f"{where}.{key}")]
+        problems = [
+            f"{where}.{key}: not a field of {schema.get('id', 'this object')}" for key in value if key not in props
+        ]
+        return problems + [
+            p
+            for key, item in value.items()
+            if key in props
+            for p in _check_discovery(item, props[key], schemas, f"{where}.{key}")
+        ]
     if kind == "array":
-        return [p for i, item in enumerate(value) for p in _check_discovery(item, schema["items"], schemas, f"{where}[{i}]")] if isinstance(value, list) else [f"{where}: expected a list"]
+        return (
+            [
+                p
+                for i, item in enumerate(value)
+                for p in _check_discovery(item, schema["items"], schemas, f"{where}[{i}]")
+            ]
+            if isinstance(value, list)
+            else [f"{where}: expected a list"]
+        )
     if kind == "string" and "enum" in schema and value not in schema["enum"]:
         return [f"{where}: {value!r} is not one of {schema['enum']}"]
     if kind == "boolean" and not isinstance(value, bool):
@@ -116,7 +140,12 @@ def test_launcher_config_is_shaped_for_autoscaling(name):
     assert types[head]["resources"].get("CPU") == 0  # the head runs the driver, not the work
     workers = {k: v for k, v in types.items() if k != head}
     assert workers and all(v["min_workers"] == 0 for v in workers.values())  # nothing runs idle
-    spot = {k for k, v in workers.items() if v["node_config"].get("InstanceMarketOptions", {}).get("MarketType") == "spot" or v["node_config"].get("scheduling", {}).get("provisioningModel") == "SPOT"}
+    spot = {
+        k
+        for k, v in workers.items()
+        if v["node_config"].get("InstanceMarketOptions", {}).get("MarketType") == "spot"
+        or v["node_config"].get("scheduling", {}).get("provisioningModel") == "SPOT"
+    }
     assert {k for k in workers if k.startswith("cpu")} <= spot and any(k.startswith("gpu") for k in spot)
     assert any("pip install" in command and "kun-ray" in command for command in config["setup_commands"])
 
@@ -140,11 +169,19 @@ def test_a_wrong_launcher_key_fails_rays_checks(name, edit, message):
 
 def test_a_wrong_node_config_key_fails_the_cloud_schema():
     aws = _load("aws.yaml")["available_node_types"]["gpu-l4-spot"]["node_config"]
-    assert ec2_problems({**aws, "InstanceTyp": "g6.4xlarge"}) == ["node_config.InstanceTyp: not a field of RunInstancesRequest"]
-    assert ec2_problems({**aws, "InstanceMarketOptions": {"MarketType": "spto"}})[0].startswith("node_config.InstanceMarketOptions.MarketType: 'spto' is not one of")
+    assert ec2_problems({**aws, "InstanceTyp": "g6.4xlarge"}) == [
+        "node_config.InstanceTyp: not a field of RunInstancesRequest"
+    ]
+    assert ec2_problems({**aws, "InstanceMarketOptions": {"MarketType": "spto"}})[0].startswith(
+        "node_config.InstanceMarketOptions.MarketType: 'spto' is not one of"
+    )
     gcp = _load("gcp.yaml")["available_node_types"]["gpu-l4-spot"]["node_config"]
-    assert gce_problems({**gcp, "scheduling": {"provisioningModel": "SPOT", "preemptable": True}}) == ["node_config.scheduling.preemptable: not a field of Scheduling"]
-    assert gce_problems({**gcp, "machinetype": "g2-standard-12"}) == ["node_config.machinetype: not a field of Instance"]
+    assert gce_problems({**gcp, "scheduling": {"provisioningModel": "SPOT", "preemptable": True}}) == [
+        "node_config.scheduling.preemptable: not a field of Scheduling"
+    ]
+    assert gce_problems({**gcp, "machinetype": "g2-standard-12"}) == [
+        "node_config.machinetype: not a field of Instance"
+    ]
 
 
 # --- KubeRay ----------------------------------------------------------------------------------------------
@@ -160,7 +197,9 @@ def _kuberay_validator(kind: str):
     base = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema"
     definitions = json.loads((base / f"v{KUBERNETES_VERSION}.0-local-strict" / "_definitions.json").read_text())
     ours = json.loads((REPO / "tests" / "schemas" / "kuberay-v1.json").read_text())
-    registry = Registry().with_resources([(definitions["$id"], Resource.from_contents(definitions)), (ours["$id"], Resource.from_contents(ours))])
+    registry = Registry().with_resources(
+        [(definitions["$id"], Resource.from_contents(definitions)), (ours["$id"], Resource.from_contents(ours))]
+    )
     return jsonschema.Draft202012Validator({"$ref": f"{ours['$id']}#/$defs/{kind}"}, registry=registry)
 
 
@@ -211,7 +250,10 @@ def test_kuberay_clusters_autoscale_from_zero(name):
     ("edit", "where"),
     [
         (lambda s: s["workerGroupSpecs"][0].update(maxReplica=4), "workerGroupSpecs.0"),
-        (lambda s: s["workerGroupSpecs"][1]["template"]["spec"]["containers"][0].update(resource={}), "workerGroupSpecs.1.template.spec.containers.0"),
+        (
+            lambda s: s["workerGroupSpecs"][1]["template"]["spec"]["containers"][0].update(resource={}),
+            "workerGroupSpecs.1.template.spec.containers.0",
+        ),
         (lambda s: s["autoscalerOptions"].update(upscalingMode="Fast"), "autoscalerOptions.upscalingMode"),
         (lambda s: s["headGroupSpec"].pop("template"), "headGroupSpec"),
     ],
@@ -226,7 +268,9 @@ def test_a_wrong_kuberay_key_fails(edit, where):
 def test_the_rayjobs_config_is_a_kun_ray_config(tmp_path):
     config_map = next(d for d in _documents("kuberay/rayjob.yaml") if d["kind"] == "ConfigMap")
     job = next(d for d in _documents("kuberay/rayjob.yaml") if d["kind"] == "RayJob")
-    mount = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["volumeMounts"][0]["mountPath"]
+    mount = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["volumeMounts"][0][
+        "mountPath"
+    ]
     name = next(iter(config_map["data"]))
     assert f"{mount}/{name}" in job["spec"]["entrypoint"]
     config = parse_config(yaml.safe_load(config_map["data"][name]), tmp_path)
@@ -243,14 +287,18 @@ def _offered_accelerators() -> dict[str, set[str]]:
     offered: dict[str, set[str]] = {}
     for name in LAUNCHER_CONFIGS:
         for spec in _load(name)["available_node_types"].values():
-            offered.setdefault(name, set()).update(r.split(":", 1)[1] for r in spec["resources"] if r.startswith("accelerator_type:"))
+            offered.setdefault(name, set()).update(
+                r.split(":", 1)[1] for r in spec["resources"] if r.startswith("accelerator_type:")
+            )
     for name in KUBERAY:
         for document in _documents(name):
             if document["kind"] in ("RayCluster", "RayJob"):
                 for group in _cluster_spec(document)["workerGroupSpecs"]:
                     # rayStartParams.resources is KubeRay's quoted JSON: '"{\"accelerator_type:L4\": 1}"'
                     resources = json.loads(json.loads(group["rayStartParams"].get("resources", '"{}"')))
-                    offered.setdefault(name, set()).update(r.split(":", 1)[1] for r in resources if r.startswith("accelerator_type:"))
+                    offered.setdefault(name, set()).update(
+                        r.split(":", 1)[1] for r in resources if r.startswith("accelerator_type:")
+                    )
     return offered
 
 

@@ -36,7 +36,9 @@ def test_the_least_a_user_writes(tmp_path):
 
 
 def test_local_paths_are_relative_to_the_config_file(tmp_path):
-    config = load_config(write(tmp_path, "sources: [{name: a, format: skypile, paths: [data/*.jsonl]}]\noutput: out\n"))
+    config = load_config(
+        write(tmp_path, "sources: [{name: a, format: skypile, paths: [data/*.jsonl]}]\noutput: out\n")
+    )
     assert config.sources[0].paths == [str(tmp_path / "data/*.jsonl")]
     assert config.output.path == str(tmp_path / "out")
 
@@ -64,15 +66,37 @@ def test_storage_options_per_source_and_output(tmp_path):
     [
         (MINIMAL.replace("format: wudao", "formt: wudao"), "sources[0].formt: unknown key"),
         (MINIMAL.replace("output: s3://runs/demo-001", ""), "output: missing required key"),
-        (MINIMAL.replace('paths: ["s3://corpora/wudao/*.json"]', "paths: 7"), "sources[0].paths: Input should be a valid list"),
-        (MINIMAL.replace("format: wudao", "format: common_crawl"), "sources[0].format: Input should be 'wudao', 'wanjuan', 'skypile', 'jsonl' or 'parquet'"),
+        (
+            MINIMAL.replace('paths: ["s3://corpora/wudao/*.json"]', "paths: 7"),
+            "sources[0].paths: Input should be a valid list",
+        ),
+        (
+            MINIMAL.replace("format: wudao", "format: common_crawl"),
+            "sources[0].format: Input should be 'wudao', 'wanjuan', 'skypile', 'jsonl' or 'parquet'",
+        ),
         (MINIMAL + "storage: {key: AKIAXXXX}\n", "storage.key: unknown key"),
-        (MINIMAL.replace("format: wudao", "format: wudao\n    text_field: body"), "sources[0]: text_field applies only to jsonl and parquet sources"),
-        (MINIMAL.replace("output:", "  - {name: wudao, format: skypile, paths: [x]}\noutput:"), "sources: source name 'wudao' is used twice"),
+        (
+            MINIMAL.replace("format: wudao", "format: wudao\n    text_field: body"),
+            "sources[0]: text_field applies only to jsonl and parquet sources",
+        ),
+        (
+            MINIMAL.replace("output:", "  - {name: wudao, format: skypile, paths: [x]}\noutput:"),
+            "sources: source name 'wudao' is used twice",
+        ),
         ("sources: [\n  {name: a,\n", "line "),
         ("- just\n- a list\n", "the config must be a mapping"),
     ],
-    ids=["unknown-key", "missing-key", "wrong-type", "bad-format", "credential-key", "field-on-fixed-format", "duplicate-name", "bad-yaml", "not-a-mapping"],
+    ids=[
+        "unknown-key",
+        "missing-key",
+        "wrong-type",
+        "bad-format",
+        "credential-key",
+        "field-on-fixed-format",
+        "duplicate-name",
+        "bad-yaml",
+        "not-a-mapping",
+    ],
 )
 def test_errors_are_one_line_naming_the_key(tmp_path, text, message):
     path = write(tmp_path, text)
@@ -89,7 +113,9 @@ def test_missing_config_file(tmp_path):
 
 
 def kun_ray(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "kun_ray.cli", *args], capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "kun_ray.cli", *args], capture_output=True, text=True, timeout=120, env=env
+    )
 
 
 def test_cli_config_error_exits_2_with_one_line(tmp_path):
@@ -103,10 +129,15 @@ def test_cli_config_error_exits_2_with_one_line(tmp_path):
 def test_cli_glob_matching_nothing_exits_2_naming_the_path(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data/a.jsonl").write_text('{"text": "x"}\n')
-    config = write(tmp_path, "sources: [{name: a, format: skypile, paths: [data/*.jsonl, data/*.json.gz]}]\noutput: out\n")
+    config = write(
+        tmp_path, "sources: [{name: a, format: skypile, paths: [data/*.jsonl, data/*.json.gz]}]\noutput: out\n"
+    )
     result = kun_ray("run", str(config))
     assert result.returncode == 2
-    assert result.stderr.strip() == f"kun-ray: config error: {config}: sources[0].paths[1]: no file matches {tmp_path}/data/*.json.gz"
+    assert (
+        result.stderr.strip()
+        == f"kun-ray: config error: {config}: sources[0].paths[1]: no file matches {tmp_path}/data/*.json.gz"
+    )
     assert not (tmp_path / "out").exists(), "no work may start before the config is checked"
 
 
@@ -114,7 +145,9 @@ def test_cli_validate_lists_inputs(tmp_path):
     (tmp_path / "data").mkdir()
     for name in ("a.jsonl", "b.jsonl", ".hidden.jsonl"):
         (tmp_path / "data" / name).write_text('{"text": "x"}\n')
-    result = kun_ray("validate", str(write(tmp_path, "sources: [{name: sky, format: skypile, paths: [data]}]\noutput: out\n")))
+    result = kun_ray(
+        "validate", str(write(tmp_path, "sources: [{name: sky, format: skypile, paths: [data]}]\noutput: out\n"))
+    )
     assert result.returncode == 0, result.stderr
     assert "sky: skypile, 2 files" in result.stdout
 
@@ -123,16 +156,24 @@ def test_cli_bad_prompt_file_exits_2_before_any_work(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data/a.jsonl").write_text('{"text": "x"}\n')
     (tmp_path / "label.txt").write_text("{txt}", encoding="utf-8")
-    config = write(tmp_path, "sources: [{name: a, format: skypile, paths: [data]}]\noutput: out\nlabel: {model: m, prompt_file: label.txt}\n")
+    config = write(
+        tmp_path,
+        "sources: [{name: a, format: skypile, paths: [data]}]\noutput: out\nlabel: {model: m, prompt_file: label.txt}\n",
+    )
     result = kun_ray("run", str(config))
     assert result.returncode == 2
-    assert result.stderr.strip() == f"kun-ray: config error: {config}: label.prompt_file: unknown template field(s) ['txt']; this stage fills ['text']"
+    assert (
+        result.stderr.strip()
+        == f"kun-ray: config error: {config}: label.prompt_file: unknown template field(s) ['txt']; this stage fills ['text']"
+    )
     assert not (tmp_path / "out").exists()
 
 
 def test_a_credential_in_an_engine_env_is_refused(tmp_path):
     path = write(tmp_path, MINIMAL + "label: {model: m, env: {HF_TOKEN: hf_abc}}\n")
-    with pytest.raises(ConfigError, match=r"label\.env: .*HF_TOKEN looks like a credential: set it in the cluster's environment"):
+    with pytest.raises(
+        ConfigError, match=r"label\.env: .*HF_TOKEN looks like a credential: set it in the cluster's environment"
+    ):
         load_config(path)
 
 
@@ -161,5 +202,8 @@ def test_an_accelerator_type_ray_does_not_know_is_a_config_error(tmp_path):
     base = "sources: [{name: a, format: jsonl, paths: ['*.jsonl']}]\noutput: out\nlabel: {model: m, accelerator_type: %s}\n"
     assert load_config(write(tmp_path, base % "H100")).label.accelerator_type == "H100"
     for typo, hint in (("h100", "did you mean 'H100'?"), ("A10", "did you mean 'A10G'?")):
-        with pytest.raises(ConfigError, match=re.escape(f"label.accelerator_type: '{typo}' is not an accelerator type Ray knows ({hint})")):
+        with pytest.raises(
+            ConfigError,
+            match=re.escape(f"label.accelerator_type: '{typo}' is not an accelerator type Ray knows ({hint})"),
+        ):
             load_config(write(tmp_path, base % typo))

@@ -15,25 +15,31 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
+from corpus import ZH, jsonl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from corpus import ZH, jsonl
 from kun_ray.clean.heuristics import Heuristics
 from kun_ray.clean.normalize import normalize_text
-from kun_ray.clean.heuristics import HeuristicsConfig
 from kun_ray.config import ReadConfig, SourceConfig, StorageOptions
-from kun_ray.llm.label import LabelConfig
-from kun_ray.llm.polish import PolishConfig
-from kun_ray.plan import parse_config
 from kun_ray.io.read import InputFile, read_file
 from kun_ray.io.records import STREAM_SCHEMA
-from kun_ray.llm.label import clean_instruction, instruction_verdict
-from kun_ray.llm.polish import answer_verdict
+from kun_ray.llm.label import LabelConfig, clean_instruction, instruction_verdict
+from kun_ray.llm.polish import PolishConfig, answer_verdict
 from kun_ray.llm.score import expected_value, parse_kun_verdict, parse_rating
 from kun_ray.pipeline import run
+from kun_ray.plan import parse_config
 
-READ_REASONS = {"malformed_json", "invalid_utf8", "malformed_record", "missing_text", "empty_text", "missing_id", "record_too_large", "unreadable_file"}
+READ_REASONS = {
+    "malformed_json",
+    "invalid_utf8",
+    "malformed_record",
+    "missing_text",
+    "empty_text",
+    "missing_id",
+    "record_too_large",
+    "unreadable_file",
+}
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -54,7 +60,11 @@ def assert_sound(rows: list[dict]) -> None:
 
 
 @FUZZ
-@given(data=st.binary(max_size=2048), fmt=st.sampled_from(["skypile", "wanjuan", "wudao", "jsonl"]), compress=st.booleans())
+@given(
+    data=st.binary(max_size=2048),
+    fmt=st.sampled_from(["skypile", "wanjuan", "wudao", "jsonl"]),
+    compress=st.booleans(),
+)
 def test_random_bytes_become_rejects(tmp_path, data, fmt, compress):
     path = tmp_path / ("part.json.gz" if compress else "part.json")
     path.write_bytes(gzip.compress(data)[: max(1, len(data) // 2)] if compress and data else data)
@@ -63,7 +73,12 @@ def test_random_bytes_become_rejects(tmp_path, data, fmt, compress):
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(["text", "id", "content", "uniqueKey", "title", "x"]) | st.text(), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(["text", "id", "content", "uniqueKey", "title", "x"]) | st.text(), inner, max_size=4
+        )
+    ),
     max_leaves=12,
 )
 
@@ -91,14 +106,21 @@ def test_a_100_mb_line_is_rejected_without_being_held(tmp_path):
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert [r["reject_reason"] for r in rows] == [None, "record_too_large", None]
-    assert rows[1]["reject_detail"].endswith(f"line 2: a line of {len(path.read_bytes().splitlines(keepends=True)[1]):,} bytes, over read.max_record_bytes (1,048,576)")
+    assert rows[1]["reject_detail"].endswith(
+        f"line 2: a line of {len(path.read_bytes().splitlines(keepends=True)[1]):,} bytes, over read.max_record_bytes (1,048,576)"
+    )
     assert len(rows[1]["text"]) <= 2000
     assert peak < 8 << 20, f"the reader held {peak:,} bytes"
 
 
 def test_a_text_over_the_record_limit_in_any_format_is_rejected(tmp_path):
     path = tmp_path / "part.json"
-    path.write_text(json.dumps([{"uniqueKey": "big", "content": "长" * 400_000}, {"uniqueKey": "ok", "content": ZH[0]}], ensure_ascii=False))
+    path.write_text(
+        json.dumps(
+            [{"uniqueKey": "big", "content": "长" * 400_000}, {"uniqueKey": "ok", "content": ZH[0]}],
+            ensure_ascii=False,
+        )
+    )
     rows = read(path, "wudao", max_record_bytes=1 << 20)
     assert [(r["doc_id"], r["reject_reason"]) for r in rows] == [("big", "record_too_large"), ("ok", None)]
 
@@ -109,7 +131,9 @@ def test_deep_nesting_is_one_reject_and_the_file_goes_on(tmp_path):
     lines.write_text(f'{{"text": {deep}}}\n{deep}\n{json.dumps({"text": ZH[0]}, ensure_ascii=False)}\n')
     assert [r["reject_reason"] for r in read(lines, "skypile")] == ["malformed_json", "malformed_json", None]
     array = tmp_path / "part-1.json"
-    array.write_text(f'[{{"uniqueKey": "a", "content": "{ZH[0]}", "extra": {deep}}}, {{"uniqueKey": "b", "content": "{ZH[1]}"}}]')
+    array.write_text(
+        f'[{{"uniqueKey": "a", "content": "{ZH[0]}", "extra": {deep}}}, {{"uniqueKey": "b", "content": "{ZH[1]}"}}]'
+    )
     rows = read(array, "wudao")
     assert [(r["doc_id"], r["reject_reason"]) for r in rows] == [("part-1.json:1", "malformed_record"), ("b", None)]
     assert rows[0]["reject_detail"].endswith("record 1: a record nested deeper than 64 levels")
@@ -140,8 +164,18 @@ def test_text_functions_never_raise(text):
     assert isinstance(normalize_text(text), str)
     assert Heuristics.build().verdict(text)[0] in {None, "repeated_unit", "repeated_lines", "whitespace_run"}
     label = LabelConfig(model="m")
-    assert instruction_verdict(clean_instruction(text), label)[0] in {None, "empty_instruction", "instruction_keyword", "instruction_repetition"}
-    assert answer_verdict(text.strip(), PolishConfig(model="m"))[0] in {None, "answer_too_short", "answer_keyword", "answer_repetition"}
+    assert instruction_verdict(clean_instruction(text), label)[0] in {
+        None,
+        "empty_instruction",
+        "instruction_keyword",
+        "instruction_repetition",
+    }
+    assert answer_verdict(text.strip(), PolishConfig(model="m"))[0] in {
+        None,
+        "answer_too_short",
+        "answer_keyword",
+        "answer_repetition",
+    }
     assert parse_kun_verdict(text) in {None, 0.0, 1.0}
     rating = parse_rating(text)
     assert rating is None or 1 <= rating <= 5
@@ -180,7 +214,9 @@ def test_a_hostile_corpus_runs_to_the_end_with_every_record_accounted(ray_cluste
         "啊" * 60,  # one repeated character
         "   \t\n  ",  # whitespace only
     ]
-    (corpus / "odd.jsonl").write_text("\n".join([*(json.dumps({"text": t}, ensure_ascii=False) for t in odd), f'{{"text": {deep}}}']) + "\n")
+    (corpus / "odd.jsonl").write_text(
+        "\n".join([*(json.dumps({"text": t}, ensure_ascii=False) for t in odd), f'{{"text": {deep}}}']) + "\n"
+    )
     config = parse_config(
         {
             "sources": [{"name": "web", "format": "skypile", "paths": [str(corpus)]}],
@@ -194,7 +230,11 @@ def test_a_hostile_corpus_runs_to_the_end_with_every_record_accounted(ray_cluste
     for stage in stages:
         assert stage["in"] == stage["kept"] + stage["rejected"]
     read_reasons = stages[0]["rejected_by_reason"]
-    assert read_reasons["record_too_large"] == 1 and read_reasons["empty_text"] == 1 and read_reasons["malformed_json"] >= 2
+    assert (
+        read_reasons["record_too_large"] == 1
+        and read_reasons["empty_text"] == 1
+        and read_reasons["malformed_json"] >= 2
+    )
     assert read_reasons["unreadable_file"] == 1  # the cut gzip
     rejects = pads.dataset(str(tmp_path / "run" / "rejects"), format="parquet").to_table().to_pylist()
     documents = pads.dataset(str(tmp_path / "run" / "documents"), format="parquet").to_table().to_pylist()

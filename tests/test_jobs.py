@@ -18,9 +18,9 @@ import psutil
 import pytest
 from conftest import S3_SECRET, free_ports, short_temp_dir
 
-from kun_ray.plan import load_config
 from kun_ray.io.read import plan_inputs
 from kun_ray.jobs import pack, requirements
+from kun_ray.plan import load_config
 from kun_ray.run import fingerprint, run_settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,7 +42,9 @@ class RayHead:
     env: dict[str, str]  # what a client needs: the cluster's token
 
     def cli(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(BIN / "kun-ray"), *args], env=self.env, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [str(BIN / "kun-ray"), *args], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
 
     def jobs(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.cli("jobs", *args[:1], "--address", self.address, *args[1:], timeout=180)
@@ -71,7 +73,9 @@ def ray_head(tmp_path_factory) -> RayHead:
     finally:
         # The head's processes name its temp dir; their children (agents, workers) carry Ray's titles instead.
         marks = (str(temp), f":{gcs}")  # its temp dir, or its GCS port (the Ray client server)
-        heads = [p for p in psutil.process_iter(["cmdline"]) if any(m in " ".join(p.info["cmdline"] or []) for m in marks)]
+        heads = [
+            p for p in psutil.process_iter(["cmdline"]) if any(m in " ".join(p.info["cmdline"] or []) for m in marks)
+        ]
         processes = {p for head in heads for p in [head, *head.children(recursive=True)]}
         for process in processes:
             try:
@@ -99,11 +103,19 @@ def test_pack_takes_the_files_the_config_names_and_keeps_its_settings(demo_proje
     job = pack(demo_project / "jobs" / "demo.yaml", overrides, tmp_path / "job")
 
     packed = {p.relative_to(tmp_path / "job").as_posix() for p in (tmp_path / "job").rglob("*") if p.is_file()}
-    corpus = {p.relative_to(demo_project).as_posix() for p in (demo_project / "jobs" / "demo" / "corpus").rglob("*") if p.is_file()}
+    corpus = {
+        p.relative_to(demo_project).as_posix()
+        for p in (demo_project / "jobs" / "demo" / "corpus").rglob("*")
+        if p.is_file()
+    }
     assert job.config == "jobs/demo.yaml" and "jobs/demo.yaml" in packed
     assert "jobs/demo/corpus/notes.txt" not in packed  # only what the sources' patterns match
     assert corpus - {"jobs/demo/corpus/notes.txt"} <= packed
-    assert {"runs/smoke-models/zh.arpa", "runs/smoke-models/zh.sp.model", "runs/smoke-models/chat-model/config.json"} <= packed
+    assert {
+        "runs/smoke-models/zh.arpa",
+        "runs/smoke-models/zh.sp.model",
+        "runs/smoke-models/chat-model/config.json",
+    } <= packed
 
     # The job's config, read where the cluster reads it, is the same run: same inputs, same settings.
     here = load_config(demo_project / "jobs" / "demo.yaml", overrides)
@@ -117,7 +129,10 @@ def test_pack_takes_the_files_the_config_names_and_keeps_its_settings(demo_proje
 def test_pack_leaves_absolute_paths_and_urls_and_pins_a_relative_output(demo_project, tmp_path):
     models = demo_project / "runs" / "smoke-models"
     config = {
-        "sources": [{"name": "web", "format": "skypile", "paths": ["demo/corpus/skypile/data/*.jsonl*"]}, {"name": "far", "format": "jsonl", "paths": ["s3://corpora/far/*.jsonl"]}],
+        "sources": [
+            {"name": "web", "format": "skypile", "paths": ["demo/corpus/skypile/data/*.jsonl*"]},
+            {"name": "far", "format": "jsonl", "paths": ["s3://corpora/far/*.jsonl"]},
+        ],
         "output": "../runs/out",
         "length": {"tokenizer": str(models / "chat-model")},
     }
@@ -141,8 +156,15 @@ def test_requirements_are_kun_rays_own_without_ray_or_extras():
 def test_config_overrides_are_checked_like_the_config(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("sources: [{name: a, format: jsonl, paths: ['*.jsonl']}]\noutput: out\n")
-    config = load_config(path, ["read.block_rows=7", "sources.0.text_field=content", "near_dedup.enabled=false", "output=s3://b/x"])
-    assert (config.read.block_rows, config.sources[0].text_field, config.near_dedup.enabled, config.output.path) == (7, "content", False, "s3://b/x")
+    config = load_config(
+        path, ["read.block_rows=7", "sources.0.text_field=content", "near_dedup.enabled=false", "output=s3://b/x"]
+    )
+    assert (config.read.block_rows, config.sources[0].text_field, config.near_dedup.enabled, config.output.path) == (
+        7,
+        "content",
+        False,
+        "s3://b/x",
+    )
     for override, message in [
         ("read.blok_rows=7", "read.blok_rows: unknown key (did you mean 'block_rows'?)"),
         ("sources.3.name=b", "--set sources.3.name=b: sources.3: no such list item"),
@@ -163,14 +185,20 @@ def _rows(s3, folder: str) -> list[dict]:
 def _s3_run(s3, prefix: str) -> dict:
     fs = s3.fs()
     fs.invalidate_cache()
-    return {"report": json.loads(fs.cat(f"{prefix}/report.json")), "manifest": json.loads(fs.cat(f"{prefix}/manifest.json")), "names": set(fs.ls(prefix, detail=False))}
+    return {
+        "report": json.loads(fs.cat(f"{prefix}/report.json")),
+        "manifest": json.loads(fs.cat(f"{prefix}/manifest.json")),
+        "names": set(fs.ls(prefix, detail=False)),
+    }
 
 
 def test_submit_runs_the_demo_as_a_ray_job(ray_head, demo_project, s3):
     output = "s3://runs/job-demo"
     overrides = [f"output={output}", f"storage.endpoint_url={s3.endpoint}", *SHORTER]
     sets = [arg for override in overrides for arg in ("--set", override)]
-    submitted = ray_head.cli("submit", str(demo_project / "jobs" / "demo.yaml"), "--address", ray_head.address, *sets, "--wait", timeout=900)
+    submitted = ray_head.cli(
+        "submit", str(demo_project / "jobs" / "demo.yaml"), "--address", ray_head.address, *sets, "--wait", timeout=900
+    )
     job_id = submitted.stdout.splitlines()[0]
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
     assert job_id.startswith("raysubmit_") and f"{job_id}: SUCCEEDED" in submitted.stderr
@@ -186,15 +214,23 @@ def test_submit_runs_the_demo_as_a_ray_job(ray_head, demo_project, s3):
     # The run folder on S3 is complete: every flow committed every shard, every stage's output is there.
     run = _s3_run(s3, output.removeprefix("s3://"))
     prefix = output.removeprefix("s3://")
-    assert {f"{prefix}/{name}" for name in [*FOLDERS, "rejects", "export", "_commits", "manifest.json", "report.json"]} <= run["names"]
+    assert {
+        f"{prefix}/{name}" for name in [*FOLDERS, "rejects", "export", "_commits", "manifest.json", "report.json"]
+    } <= run["names"]
     report = run["report"]
     assert list(report["flows"]) == FLOWS and all(report["flows"][f]["shards"] == 5 for f in FLOWS[:-1])
     assert report["flows"]["final"]["shards"] == len({row["shard"] for row in _rows(s3, f"{prefix}/labeled")})
     stages = {s["stage"]: s for s in report["stages"]}
     assert stages["read"]["in"] == 23  # every record of the sample corpus, kept or rejected with a reason
-    assert {"label", "instruction_exact_dedup", "instruction_near_dedup"} <= set(stages) and stages["label"]["kept"] > 0
+    assert {"label", "instruction_exact_dedup", "instruction_near_dedup"} <= set(stages) and stages["label"][
+        "kept"
+    ] > 0
     for stage in stages.values():
-        assert stage["in"] == stage["kept"] + stage["rejected"] == sum(stage["rejected_by_reason"].values()) + stage["kept"]
+        assert (
+            stage["in"]
+            == stage["kept"] + stage["rejected"]
+            == sum(stage["rejected_by_reason"].values()) + stage["kept"]
+        )
     fs = s3.fs()
     assert fs.ls(f"{prefix}/export/alpaca") and fs.ls(f"{prefix}/final")
 
@@ -205,7 +241,12 @@ def test_submit_runs_the_demo_as_a_ray_job(ray_head, demo_project, s3):
     # Credentials stay on the cluster: not in the job's runtime environment, its metadata or its log.
     # (Ray's client, in a process of its own: this one's Ray has its own token settings.)
     info = subprocess.run(
-        [sys.executable, "-c", JOB_INFO, ray_head.address, job_id], env=ray_head.env, capture_output=True, text=True, timeout=120, check=True
+        [sys.executable, "-c", JOB_INFO, ray_head.address, job_id],
+        env=ray_head.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     ).stdout
     assert json.loads(info)["metadata"]["kun_ray_output"] == output and "py_modules" in info
     assert S3_SECRET not in info and S3_SECRET not in logs.stdout + submitted.stdout + submitted.stderr
@@ -213,13 +254,23 @@ def test_submit_runs_the_demo_as_a_ray_job(ray_head, demo_project, s3):
 
 def test_stop_stops_a_running_job(ray_head, demo_project, tmp_path):
     output = tmp_path / "stopped"
-    submitted = ray_head.cli("submit", str(demo_project / "jobs" / "demo.yaml"), "--address", ray_head.address, "--set", f"output={output}", "--no-deps")
+    submitted = ray_head.cli(
+        "submit",
+        str(demo_project / "jobs" / "demo.yaml"),
+        "--address",
+        ray_head.address,
+        "--set",
+        f"output={output}",
+        "--no-deps",
+    )
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip()
     deadline = time.monotonic() + 300
     while "kun-ray: Ray cluster at" not in ray_head.jobs("logs", job_id).stdout:  # the driver is running
         status = ray_head.jobs("status", job_id).stdout
-        assert time.monotonic() < deadline and ("RUNNING" in status or "PENDING" in status), status + ray_head.jobs("logs", job_id).stdout
+        assert time.monotonic() < deadline and ("RUNNING" in status or "PENDING" in status), (
+            status + ray_head.jobs("logs", job_id).stdout
+        )
         time.sleep(1)
 
     stopped = ray_head.jobs("stop", job_id, "--wait")
@@ -230,9 +281,18 @@ def test_stop_stops_a_running_job(ray_head, demo_project, tmp_path):
 
 def test_a_bad_config_is_refused_before_anything_is_submitted(ray_head, demo_project):
     before = ray_head.jobs("list").stdout
-    refused = ray_head.cli("submit", str(demo_project / "jobs" / "demo.yaml"), "--address", ray_head.address, "--set", "label.batch_sise=8")
+    refused = ray_head.cli(
+        "submit",
+        str(demo_project / "jobs" / "demo.yaml"),
+        "--address",
+        ray_head.address,
+        "--set",
+        "label.batch_sise=8",
+    )
     assert refused.returncode == 2
-    assert refused.stderr.strip().splitlines()[-1].endswith("label.batch_sise: unknown key (did you mean 'batch_size'?)")
+    assert (
+        refused.stderr.strip().splitlines()[-1].endswith("label.batch_sise: unknown key (did you mean 'batch_size'?)")
+    )
     assert ray_head.jobs("list").stdout == before
     unknown = ray_head.jobs("status", "raysubmit_nosuchjob")
     assert unknown.returncode == 1 and "raysubmit_nosuchjob" in unknown.stderr and "Traceback" not in unknown.stderr

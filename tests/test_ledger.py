@@ -11,9 +11,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from kun_ray.plan import parse_config
 from kun_ray.io.records import REJECT_SCHEMA, STREAM_SCHEMA
 from kun_ray.ledger import BlockWriter, Ledger, ShardCommit, drain
+from kun_ray.plan import parse_config
 from kun_ray.run import RunFolder
 
 
@@ -24,12 +24,19 @@ def part(rows: int, kept: int, files: list[str] | None = None) -> dict:
 
 @pytest.fixture()
 def folder(tmp_path) -> RunFolder:
-    return RunFolder.of(parse_config({"sources": [{"name": "web", "format": "jsonl", "paths": ["x"]}], "output": str(tmp_path / "run")}))
+    return RunFolder.of(
+        parse_config(
+            {"sources": [{"name": "web", "format": "jsonl", "paths": ["x"]}], "output": str(tmp_path / "run")}
+        )
+    )
 
 
 def test_a_shard_commits_when_its_last_row_is_written_and_not_before(folder):
     ledger = Ledger(folder, "filter")
-    first, second = {"a": part(2, 1, ["filtered/1.parquet"])}, {"a": part(1, 1, ["filtered/2.parquet"]), "b": part(1, 0)}
+    first, second = (
+        {"a": part(2, 1, ["filtered/1.parquet"])},
+        {"a": part(1, 1, ["filtered/2.parquet"]), "b": part(1, 0)},
+    )
 
     def results():
         yield first
@@ -73,12 +80,20 @@ def test_progress_lines_while_a_flow_runs(folder):
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        drain(iter([{"a": part(2, 2)}, {"b": part(3, 1)}]), Ledger(folder, "label"), {"a": 2, "b": 3}, 2, progress_every_s=0)
+        drain(
+            iter([{"a": part(2, 2)}, {"b": part(3, 1)}]),
+            Ledger(folder, "label"),
+            {"a": 2, "b": 3},
+            2,
+            progress_every_s=0,
+        )
     finally:
         logger.removeHandler(handler)
     lines = printed.getvalue().splitlines()
     assert lines[0].startswith("label: 1/2 shards committed, 2 rows written (2 kept) in ")
-    assert lines[-1].startswith("label: 2/2 shards committed, 5 rows written (3 kept) in ") and lines[-1].endswith("rows/s")
+    assert lines[-1].startswith("label: 2/2 shards committed, 5 rows written (3 kept) in ") and lines[-1].endswith(
+        "rows/s"
+    )
 
 
 def test_the_read_flow_writes_a_shard_as_one_file_per_folder(tmp_path):
@@ -87,7 +102,10 @@ def test_the_read_flow_writes_a_shard_as_one_file_per_folder(tmp_path):
          "reject_stage": None if i % 3 else "read", "reject_reason": None if i % 3 else "empty_text", "reject_detail": None if i % 3 else "x"}
         for i in range(10)
     ]  # fmt: skip
-    blocks = [pa.Table.from_pylist(rows[:4], schema=STREAM_SCHEMA), pa.Table.from_pylist(rows[4:], schema=STREAM_SCHEMA)]
+    blocks = [
+        pa.Table.from_pylist(rows[:4], schema=STREAM_SCHEMA),
+        pa.Table.from_pylist(rows[4:], schema=STREAM_SCHEMA),
+    ]
     written = BlockWriter(pafs.LocalFileSystem(), str(tmp_path), "documents").write_shard(blocks)
     assert written["rows"] == 10 and len(written["files"]) == 2
     kept, rejects = (pq.ParquetFile(tmp_path / f) for f in sorted(written["files"]))

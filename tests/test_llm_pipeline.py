@@ -12,21 +12,26 @@ import math
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
-
 from corpus import ZH
 from llm_runs import KUN_MAX_PPL, LLM_REASONS, NOISE, OVERLONG, engine, run_llm_pipeline
+
 from kun_ray.config import StorageOptions
 from kun_ray.dedup.exact import ExactDedup, ExactDedupConfig
 from kun_ray.dedup.near import NearDedup, NearDedupConfig
-from kun_ray.stages.base import RunContext
 from kun_ray.io.records import STREAM_SCHEMA
+from kun_ray.stages.base import RunContext
+
 
 def table(path) -> list[dict]:
     return pads.dataset(str(path), format="parquet").to_table().to_pylist()
 
 
 def jsonl_rows(folder) -> list[dict]:
-    return [json.loads(line) for file in sorted(folder.glob("*.json*")) for line in file.read_text(encoding="utf-8").splitlines()]
+    return [
+        json.loads(line)
+        for file in sorted(folder.glob("*.json*"))
+        for line in file.read_text(encoding="utf-8").splitlines()
+    ]
 
 
 def test_every_clean_document_ends_in_final_or_in_an_llm_reject(kun_run):
@@ -65,7 +70,9 @@ def test_llm_stages_add_their_columns_and_keep_every_earlier_one(kun_run):
         "answer": pa.large_string(), "polish_tokens": pa.int64(),
     }.items():  # fmt: skip
         assert schema.field(name).type == kind, name
-    assert not {"reject_stage", "reject_reason", "reject_detail", "messages", "prompt", "generated_text"} & set(schema.names)
+    assert not {"reject_stage", "reject_reason", "reject_detail", "messages", "prompt", "generated_text"} & set(
+        schema.names
+    )
     texts = {r["doc_id"]: r["text"] for r in table(out / "clean")}
     for row in table(out / "final"):
         assert row["text"] == texts[row["doc_id"]]  # the original stays in text
@@ -105,18 +112,43 @@ def test_final_exports_alpaca_and_tagged_messages(kun_run):
     for row in messages:
         system, user, assistant = row["messages"]
         assert system == {"role": "system", "content": config.final.system_prompt}
-        assert user["role"] == "user" and assistant == {"role": "assistant", "content": final[user["content"]]["answer"]}
+        assert user["role"] == "user" and assistant == {
+            "role": "assistant",
+            "content": final[user["content"]]["answer"],
+        }
+
+
+#: Humpback's run in flows of its own: the length filter, label and score stream through one flow.
+CURATE_FLOWS = {
+    "dedup": {"output": "clean", "stages": ["normalize", "exact_dedup", "near_dedup"]},
+    "curate": {"output": "scored", "stages": ["length", "heuristics", "label", "score"]},
+    "final": {
+        "output": "final",
+        "stages": ["instruction_exact_dedup", "instruction_near_dedup"],
+        "needs": ["instruction"],
+        "export": True,
+    },
+}
+
+
+#: The engines' resources when two stream through one flow on this 2-CPU machine.
+STREAMED = {"num_cpus": 0.25, "cpu_stage_num_cpus": 0.1}
 
 
 @pytest.fixture(scope="module")
 def humpback_run(ray_cluster, smoke_models, tmp_path_factory):
-    """Humpback's pipeline with the score parsed from generated text: gibberish has no "Score: N"."""
+    """Humpback's pipeline with the score parsed from generated text: gibberish has no "Score: N".
+    Its flows are its own (CURATE_FLOWS), and texts under 29 characters are too short."""
     model = smoke_models["chat_model"]
     return run_llm_pipeline(
         tmp_path_factory.mktemp("humpback-run"),
         smoke_models,
-        label={**engine(model), "template": "humpback", "keywords": [], "sampling": {"max_tokens": 16}},
-        score={**engine(model), "mode": "humpback_pair", "method": "generate", "sampling": {"max_tokens": 16}},
+        flows=CURATE_FLOWS,
+        # One flow holds both engine pools at once: their actors and the filters' tasks share 2 CPUs.
+        length={"min_chars": 29, "tokenizer": str(smoke_models["tokenizer"]), "num_cpus": 0.2},
+        heuristics={"num_cpus": 0.2},
+        label={**engine(model), **STREAMED, "template": "humpback", "keywords": [], "sampling": {"max_tokens": 16}},
+        score={**engine(model), **STREAMED, "mode": "humpback_pair", "method": "generate", "sampling": {"max_tokens": 16}},
     )
 
 
@@ -130,21 +162,56 @@ def test_unparseable_scores_are_rejected_with_the_raw_text(humpback_run):
     assert not (out / "final").exists() and not any(s["stage"].startswith("instruction_") for s in report["stages"])
 
 
+def test_rows_a_stage_rejected_never_reach_a_later_model_in_the_same_flow(humpback_run):
+    _, report, out = humpback_run
+    curate = [s for s in report["stages"] if s["flow"] == "curate"]
+    assert [s["stage"] for s in curate] == CURATE_FLOWS["curate"]["stages"]
+    assert report["flows"]["curate"]["shards"] == 1 and curate[0]["rejected_by_reason"].get("too_short", 0) > 0
+    for before, after in zip(curate, curate[1:]):
+        assert after["in"] == before["kept"]
+    too_short = {r["doc_id"] for r in table(out / "rejects" / "length")}
+    judged = [r["doc_id"] for r in table(out / "rejects" / "score")] + [
+        r["doc_id"] for r in (table(out / "scored") if (out / "scored").exists() else [])
+    ]
+    assert too_short and not too_short & set(judged) and len(judged) == curate[-1]["in"]
+    label_rejects = table(out / "rejects" / "label") if (out / "rejects" / "label").exists() else []
+    assert len(too_short) + len(label_rejects) + len(judged) == curate[0]["in"]  # each row of the flow once
+    assert all(r["reason"] == "too_short" for r in table(out / "rejects" / "length"))
+
+
 # --- the final dedup on the instruction, without a model ---------------------------------
 
 
 def test_final_dedup_on_the_instruction(ray_cluster):
     import ray.data
 
-    instructions = ["长江有多长？", "长江有多长？", "请介绍一下光合作用的过程和意义。", "请介绍一下光合作用的过程与意义。", "什么是复利？"]
+    instructions = [
+        "长江有多长？",
+        "长江有多长？",
+        "请介绍一下光合作用的过程和意义。",
+        "请介绍一下光合作用的过程与意义。",
+        "什么是复利？",
+    ]
     rows = [
-        {"doc_id": f"d{i}", "source": "sky", "text": ZH[i], "instruction": q, "reject_stage": None, "reject_reason": None, "reject_detail": None}
+        {
+            "doc_id": f"d{i}",
+            "source": "sky",
+            "text": ZH[i],
+            "instruction": q,
+            "reject_stage": None,
+            "reject_reason": None,
+            "reject_detail": None,
+        }
         for i, q in enumerate(instructions)
     ]
-    stream = ray.data.from_arrow(pa.Table.from_pylist(rows, schema=STREAM_SCHEMA.append(pa.field("instruction", pa.string()))))
+    stream = ray.data.from_arrow(
+        pa.Table.from_pylist(rows, schema=STREAM_SCHEMA.append(pa.field("instruction", pa.string())))
+    )
     run = RunContext(StorageOptions(), ("sky",))
     stream = ExactDedup("instruction_exact_dedup", ExactDedupConfig(column="instruction"), run).apply(stream)
-    stream = NearDedup("instruction_near_dedup", NearDedupConfig(threshold=0.5, ngram=2, column="instruction"), run).apply(stream)
+    stream = NearDedup(
+        "instruction_near_dedup", NearDedupConfig(threshold=0.5, ngram=2, column="instruction"), run
+    ).apply(stream)
     outcome = {r["doc_id"]: (r["reject_stage"], r["reject_detail"]) for r in stream.take_all()}
     assert outcome == {
         "d0": (None, None),

@@ -8,14 +8,11 @@ import pyarrow as pa
 import pytest
 
 from kun_ray.config import ConfigError
-from kun_ray.llm.label import LabelConfig
-from kun_ray.llm.polish import PolishConfig
-from kun_ray.llm.score import ScoreConfig
-from kun_ray.plan import parse_config
 from kun_ray.io.export import alpaca_rows, messages_rows
-from kun_ray.llm.label import LabelTask, clean_instruction
-from kun_ray.llm.polish import PolishTask
-from kun_ray.llm.score import ScoreTask, expected_value, parse_kun_verdict, parse_rating
+from kun_ray.llm.label import LabelConfig, LabelTask, clean_instruction
+from kun_ray.llm.polish import PolishConfig, PolishTask
+from kun_ray.llm.score import ScoreConfig, ScoreTask, expected_value, parse_kun_verdict, parse_rating
+from kun_ray.plan import parse_config
 
 MODEL = {"model": "some/model"}
 TEXT = "长江是中国第一长河，全长约六千三百公里，流经青藏高原、四川盆地，最后注入东海。"
@@ -127,9 +124,13 @@ def test_score_verdicts_and_thresholds():
 
 
 def test_logprob_scores_are_expected_values_over_the_choices():
-    assert expected_value({"好": math.log(0.6), "差": math.log(0.2), "x": math.log(0.2)}, {"好": 1.0, "差": 0.0}) == pytest.approx(0.75)
+    assert expected_value(
+        {"好": math.log(0.6), "差": math.log(0.2), "x": math.log(0.2)}, {"好": 1.0, "差": 0.0}
+    ) == pytest.approx(0.75)
     # " 5" reads as "5"; ratings weigh by probability
-    rating = expected_value({" 5": math.log(0.5), "4": math.log(0.25), "3": math.log(0.25)}, {str(n): float(n) for n in range(1, 6)})
+    rating = expected_value(
+        {" 5": math.log(0.5), "4": math.log(0.25), "3": math.log(0.25)}, {str(n): float(n) for n in range(1, 6)}
+    )
     assert rating == pytest.approx(4.25)
     assert expected_value({"x": -0.1}, {"好": 1.0, "差": 0.0}) is None
     assert expected_value({}, {"好": 1.0}) is None
@@ -209,7 +210,15 @@ def test_llm_stage_config_errors_are_one_line(tmp_path):
 
 def test_x_keys_hold_yaml_anchors_and_local_models_resolve(tmp_path):
     (tmp_path / "models" / "chat").mkdir(parents=True)
-    config = parse_config({**BASE, "x-engine": {"batch_size": 8}, "label": {"model": "models/chat", "batch_size": 8}, "score": {"model": "Qwen/Qwen2.5-7B-Instruct"}}, tmp_path)
+    config = parse_config(
+        {
+            **BASE,
+            "x-engine": {"batch_size": 8},
+            "label": {"model": "models/chat", "batch_size": 8},
+            "score": {"model": "Qwen/Qwen2.5-7B-Instruct"},
+        },
+        tmp_path,
+    )
     assert config.label.model == str(tmp_path / "models" / "chat")
     assert config.score.model == "Qwen/Qwen2.5-7B-Instruct"  # a hub id stays one
     assert config.llm_stages() == ["label", "score"] and not config.polish.enabled
@@ -220,9 +229,16 @@ def test_x_keys_hold_yaml_anchors_and_local_models_resolve(tmp_path):
 
 def test_export_rows_in_alpaca_and_messages_form():
     final = pa.table({"instruction": ["长江有多长？"], "text": [TEXT], "answer": ["约六千三百公里。"]})
-    assert alpaca_rows(final).to_pylist() == [{"instruction": "长江有多长？", "input": "", "output": "约六千三百公里。"}]
+    assert alpaca_rows(final).to_pylist() == [
+        {"instruction": "长江有多长？", "input": "", "output": "约六千三百公里。"}
+    ]
     tagged = messages_rows(final, "Answer with knowledge from web search.").to_pylist()[0]["messages"]
     assert [m["role"] for m in tagged] == ["system", "user", "assistant"]
-    assert tagged[0]["content"] == "Answer with knowledge from web search." and tagged[2]["content"] == "约六千三百公里。"
+    assert (
+        tagged[0]["content"] == "Answer with knowledge from web search." and tagged[2]["content"] == "约六千三百公里。"
+    )
     untagged = messages_rows(final.drop_columns(["answer"]), None).to_pylist()[0]["messages"]
-    assert untagged == [{"role": "user", "content": "长江有多长？"}, {"role": "assistant", "content": TEXT}]  # no polish: the text
+    assert untagged == [
+        {"role": "user", "content": "长江有多长？"},
+        {"role": "assistant", "content": TEXT},
+    ]  # no polish: the text

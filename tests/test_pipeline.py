@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -18,8 +18,8 @@ import yaml
 from conftest import S3_KEY, S3_SECRET
 from corpus import build_corpus
 
-from kun_ray.plan import parse_config
 from kun_ray.pipeline import run
+from kun_ray.plan import parse_config
 
 
 def outcomes(documents, rejects):
@@ -56,7 +56,15 @@ def test_every_record_lands_in_documents_or_rejects(corpus, local_run):
     assert outcomes(documents, rejects) == corpus.expected
     assert {r["stage"] for r in rejects} == {"read"}
     assert all(r["detail"] for r in rejects)
-    assert sorted(os.listdir(out)) == ["_commits", "clean", "documents", "filtered", "manifest.json", "rejects", "report.json"]
+    assert sorted(os.listdir(out)) == [
+        "_commits",
+        "clean",
+        "documents",
+        "filtered",
+        "manifest.json",
+        "rejects",
+        "report.json",
+    ]
 
 
 def test_every_record_ends_clean_or_rejected_by_one_stage(corpus, local_run):
@@ -98,7 +106,11 @@ def test_rerun_of_a_finished_run_redoes_nothing(ray_cluster, corpus, local_run):
     assert second["stages"] == first["stages"]
     for flow in second["flows"].values():
         assert flow["rows"] == 0 and flow["shards_resumed"] == flow["shards"]
-    assert [(s["stage"], s["flow"]) for s in second["stages"]][:3] == [("read", "read"), ("normalize", "filter"), ("length", "filter")]
+    assert [(s["stage"], s["flow"]) for s in second["stages"]][:3] == [
+        ("read", "read"),
+        ("normalize", "filter"),
+        ("length", "filter"),
+    ]
     assert sorted(p for p in out.rglob("*") if p.is_file() and p.name != "report.json") == files
 
 
@@ -136,11 +148,23 @@ def test_run_from_s3_to_s3(ray_cluster, s3, corpus, s3_corpus, local_run):
 
 def test_wrong_s3_credentials_fail_before_work_with_one_line(s3, s3_corpus, tmp_path):
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({"sources": [{"name": "s", "format": "skypile", "paths": [f"{s3_corpus}/skypile/data/*.jsonl"]}], "output": str(tmp_path / "out"), "storage": s3.storage()}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "sources": [{"name": "s", "format": "skypile", "paths": [f"{s3_corpus}/skypile/data/*.jsonl"]}],
+                "output": str(tmp_path / "out"),
+                "storage": s3.storage(),
+            }
+        )
+    )
     env = {**os.environ, "AWS_SECRET_ACCESS_KEY": "not-the-secret"}
-    result = subprocess.run([sys.executable, "-m", "kun_ray.cli", "run", str(config)], capture_output=True, text=True, timeout=120, env=env)
+    result = subprocess.run(
+        [sys.executable, "-m", "kun_ray.cli", "run", str(config)], capture_output=True, text=True, timeout=120, env=env
+    )
     assert result.returncode == 2
-    assert result.stderr.startswith(f"kun-ray: config error: {config}: sources[0].paths[0]: cannot list s3://corpora/test/skypile/data/*.jsonl: PermissionError")
+    assert result.stderr.startswith(
+        f"kun-ray: config error: {config}: sources[0].paths[0]: cannot list s3://corpora/test/skypile/data/*.jsonl: PermissionError"
+    )
     assert result.stderr.count("\n") == 1
     assert "not-the-secret" not in result.stderr + result.stdout
 
@@ -149,14 +173,25 @@ def test_cli_run_joins_the_cluster_in_ray_address_and_prints_the_table(ray_clust
     config = os.path.join(os.path.dirname(__file__), "..", "jobs", "demo.yaml")
     demo = yaml.safe_load(open(config))
     demo["output"] = str(tmp_path / "demo")
-    demo["perplexity"] = {"enabled": False}  # the demo's models are built by `make demo`; the clean tests build their own
+    demo["perplexity"] = {
+        "enabled": False
+    }  # the demo's models are built by `make demo`; the clean tests build their own
     demo["length"].pop("tokenizer")
     for stage in ("label", "score", "polish"):  # the LLM stages run in test_llm_pipeline.py
         demo[stage]["enabled"] = False
-    demo["sources"] = [{**s, "paths": [os.path.abspath(os.path.join(os.path.dirname(config), p)) for p in s["paths"]]} for s in demo["sources"]]
+    demo["sources"] = [
+        {**s, "paths": [os.path.abspath(os.path.join(os.path.dirname(config), p)) for p in s["paths"]]}
+        for s in demo["sources"]
+    ]
     (tmp_path / "demo.yaml").write_text(yaml.safe_dump(demo, allow_unicode=True))
     env = {**os.environ, "RAY_ADDRESS": ray_cluster}
-    result = subprocess.run([sys.executable, "-m", "kun_ray.cli", "run", "--no-progress", str(tmp_path / "demo.yaml")], capture_output=True, text=True, timeout=300, env=env)
+    result = subprocess.run(
+        [sys.executable, "-m", "kun_ray.cli", "run", "--no-progress", str(tmp_path / "demo.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     read = report["stages"][0]
@@ -179,7 +214,9 @@ def test_storage_options_reach_s3fs(s3, s3_corpus):
     source = {"name": "s", "format": "skypile", "paths": [f"{s3_corpus}/skypile/data/*.jsonl"]}
     signed = parse_config({"sources": [source], "output": "/tmp/unused", "storage": s3.storage()})
     assert [f.relpath for f in plan_inputs(signed)] == ["2020-40_zh_head_0000.jsonl"]
-    anonymous = parse_config({"sources": [{**source, "storage": {**s3.storage(), "anonymous": True}}], "output": "/tmp/unused"})
+    anonymous = parse_config(
+        {"sources": [{**source, "storage": {**s3.storage(), "anonymous": True}}], "output": "/tmp/unused"}
+    )
     with pytest.raises(ConfigError, match=r"sources\[0\]\.paths\[0\]: cannot list"):
         plan_inputs(anonymous)
 
@@ -195,21 +232,37 @@ def test_secrets_appear_nowhere_a_run_writes_or_prints(s3, s3_corpus, corpus, tm
 
     def cli(output: str | dict) -> subprocess.CompletedProcess:
         config = tmp_path / "run.yaml"
-        config.write_text(yaml.safe_dump({"sources": corpus.sources(s3_corpus), "output": output, "storage": s3.storage()}))
-        return subprocess.run([sys.executable, "-m", "kun_ray.cli", "run", "--no-progress", str(config)], capture_output=True, text=True, timeout=300, env=env)
+        config.write_text(
+            yaml.safe_dump({"sources": corpus.sources(s3_corpus), "output": output, "storage": s3.storage()})
+        )
+        return subprocess.run(
+            [sys.executable, "-m", "kun_ray.cli", "run", "--no-progress", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
 
     try:
         done = cli("s3://runs/secrets")
         assert done.returncode == 0, done.stderr[-3000:]
-        failed = cli({"path": "s3://runs/unreachable", "storage": {"endpoint_url": "http://127.0.0.1:9"}})  # nothing listens
-        assert failed.returncode == 1 and "Traceback" in failed.stderr and "127.0.0.1:9" in failed.stderr, failed.stderr[-3000:]
+        failed = cli(
+            {"path": "s3://runs/unreachable", "storage": {"endpoint_url": "http://127.0.0.1:9"}}
+        )  # nothing listens
+        assert failed.returncode == 1 and "Traceback" in failed.stderr and "127.0.0.1:9" in failed.stderr, (
+            failed.stderr[-3000:]
+        )
         fs = s3.fs()
         fs.invalidate_cache()
         written = {path: fs.cat(path) for path in fs.find("runs/secrets")}
         assert {"runs/secrets/report.json", "runs/secrets/manifest.json"} <= set(written)
         logs = {str(p): p.read_bytes() for p in ray_tmp.rglob("*") if p.is_file() and not p.is_symlink()}
         assert any("/logs/" in p for p in logs)
-        printed = {"stdout": done.stdout.encode(), "stderr": done.stderr.encode(), "failed": (failed.stdout + failed.stderr).encode()}
+        printed = {
+            "stdout": done.stdout.encode(),
+            "stderr": done.stderr.encode(),
+            "failed": (failed.stdout + failed.stderr).encode(),
+        }
         for where, data in {**written, **logs, **printed}.items():
             for secret in secrets:
                 assert secret not in data, f"{secret!r} in {where}"

@@ -17,8 +17,8 @@ import pytest
 from llm_runs import KUN_MAX_PPL, NOISE, OVERLONG
 from rich.cells import cell_len
 
-from kun_ray.cli import main
 import kun_ray
+from kun_ray.cli import main
 from kun_ray.query import Run, RunNotFound
 
 STAGES = ["documents", "filtered", "clean", "labeled", "scored", "polished", "final"]
@@ -56,7 +56,11 @@ def cli(capsys, *argv: str) -> tuple[int, str, str]:
 def test_a_run_lists_its_stages_and_its_live_funnel_equals_the_report(kun_run, local):
     _, report, _ = kun_run
     assert local.stages == STAGES and local.finished
-    strip = lambda stages: [{k: v for k, v in s.items() if k in ("stage", "flow", "in", "kept", "rejected", "rejected_by_reason", "by_source")} for s in stages]  # noqa: E731
+
+    def strip(stages):
+        keys = ("stage", "flow", "in", "kept", "rejected", "rejected_by_reason", "by_source")
+        return [{k: v for k, v in s.items() if k in keys} for s in stages]
+
     assert strip(local.funnel()) == strip(report["stages"])  # counted from the commits alone
     assert all(p["done"] and p["shards"] == p["of"] == 2 for p in local.progress().values())
 
@@ -85,7 +89,9 @@ def test_sql_has_a_view_per_stage_and_rejects_and_funnel(kun_run, local):
     _, report, out = kun_run
     for stage in STAGES:
         assert local.sql(f"SELECT count(*) FROM {stage}").fetchall() == [(len(rows_of(out / stage)),)]
-    by_reason = dict(((s, r), n) for s, r, n in local.sql("SELECT stage, reason, count(*) FROM rejects GROUP BY ALL").fetchall())
+    by_reason = dict(
+        ((s, r), n) for s, r, n in local.sql("SELECT stage, reason, count(*) FROM rejects GROUP BY ALL").fetchall()
+    )
     expected = {(s["stage"], r): n for s in report["stages"] for r, n in s["rejected_by_reason"].items()}
     assert by_reason == expected and ("perplexity", "ppl_above_max") in by_reason
     kept = dict(local.sql("SELECT stage, sum(kept) FROM funnel GROUP BY stage").fetchall())
@@ -98,7 +104,12 @@ def test_sql_has_a_view_per_stage_and_rejects_and_funnel(kun_run, local):
 def test_trace_follows_a_document_to_the_stage_that_dropped_it(kun_run, local):
     out = kun_run[2]
     trace = local.trace(doc_id_of(out, OVERLONG))
-    assert [(s.stage, s.kept) for s in trace.steps] == [("documents", True), ("filtered", True), ("clean", True), ("label", False)]
+    assert [(s.stage, s.kept) for s in trace.steps] == [
+        ("documents", True),
+        ("filtered", True),
+        ("clean", True),
+        ("label", False),
+    ]
     assert trace.dropped.reason == "inference_error" and "maximum context length" in trace.dropped.detail
     assert trace.steps[1].added["n_tokens"] > 256 and trace.source == "sky"
     noise = local.trace(doc_id_of(out, NOISE))
@@ -132,7 +143,9 @@ def test_only_committed_files_are_read(kun_run, tmp_path):
     run = Run.open(copy)
     assert run.stages == STAGES[:-1] and not run.finished
     progress = run.progress()
-    assert progress["polish"] == {"stage": "polished", "shards": 1, "of": 2, "done": False} and progress["score"]["done"]
+    assert (
+        progress["polish"] == {"stage": "polished", "shards": 1, "of": 2, "done": False} and progress["score"]["done"]
+    )
     assert run.sql("SELECT count(*) FROM scored").fetchall() == [(len(rows_of(kun_run[2] / "scored")),)]
     assert run.stage("scored").count() == len(rows_of(kun_run[2] / "scored"))
     assert "final" not in run.progress() and not any(s["flow"] == "final" for s in run.funnel())
@@ -187,7 +200,9 @@ def test_cli_sql_as_a_table_json_and_csv(local, kun_run, capsys):
 
 def test_cli_sample_prints_pairs_wrapped_by_display_width(kun_run, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "40")  # narrow: the Chinese values wrap
-    code, out, _ = cli(capsys, "sample", str(kun_run[2]), "--stage", "final", "-n", "2", "--where", "score >= 0", "--full")
+    code, out, _ = cli(
+        capsys, "sample", str(kun_run[2]), "--stage", "final", "-n", "2", "--where", "score >= 0", "--full"
+    )
     assert code == 0 and out.count("[1/2]") == 1 and out.count("[2/2]") == 1
     lines = [line for line in out.splitlines() if line.strip() and not line.startswith("[")]
     assert all(cell_len(line) <= 40 for line in lines)  # two columns a Chinese character, never past the edge
@@ -198,7 +213,9 @@ def test_cli_sample_prints_pairs_wrapped_by_display_width(kun_run, capsys, monke
     wrapped = [line for line in lines if line.startswith(" ")]
     assert wrapped and {len(line) - len(line.lstrip()) for line in wrapped} == column  # ...and goes on under itself
     final = rows_of(kun_run[2] / "final")
-    assert sum("".join(line.strip() for line in lines).count("".join(r["text"].split())) for r in final) == 2  # texts whole
+    assert (
+        sum("".join(line.strip() for line in lines).count("".join(r["text"].split())) for r in final) == 2
+    )  # texts whole
     code, out, _ = cli(capsys, "sample", str(kun_run[2]), "--stage", "rejects", "--where", "reason = 'ppl_above_max'")
     assert code == 0 and NOISE in out and "ppl_above_max" in out and "[1/1]" in out
 
@@ -206,17 +223,31 @@ def test_cli_sample_prints_pairs_wrapped_by_display_width(kun_run, capsys, monke
 def test_cli_trace_and_one_line_errors(kun_run, capsys):
     out_dir = str(kun_run[2])
     code, out, _ = cli(capsys, "trace", out_dir, doc_id_of(kun_run[2], OVERLONG))
-    assert code == 0 and "label      dropped  inference_error" in out and out.rstrip().endswith("dropped by label: inference_error")
+    assert (
+        code == 0
+        and "label      dropped  inference_error" in out
+        and out.rstrip().endswith("dropped by label: inference_error")
+    )
     code, _, err = cli(capsys, "sql", out_dir, "SELECT nope FROM final")
     assert code == 1 and len(err.strip().splitlines()) == 1 and "nope" in err
     code, _, err = cli(capsys, "sample", out_dir, "--stage", "scord")
-    assert code == 1 and err.startswith("kun-ray: ") and "no stage 'scord'" in err and len(err.strip().splitlines()) == 1
+    assert (
+        code == 1 and err.startswith("kun-ray: ") and "no stage 'scord'" in err and len(err.strip().splitlines()) == 1
+    )
     code, _, err = cli(capsys, "show", out_dir + "-missing")
     assert code == 1 and "no kun-ray run here" in err
 
 
 def test_cli_reads_the_run_on_s3(on_s3, s3, kun_run, capsys):
-    code, out, _ = cli(capsys, "sql", "s3://runs/query-run", "SELECT count(*) AS n FROM final", "--json", "--endpoint-url", s3.endpoint)
+    code, out, _ = cli(
+        capsys,
+        "sql",
+        "s3://runs/query-run",
+        "SELECT count(*) AS n FROM final",
+        "--json",
+        "--endpoint-url",
+        s3.endpoint,
+    )
     assert code == 0 and json.loads(out) == {"n": len(rows_of(kun_run[2] / "final"))}
 
 
@@ -233,7 +264,9 @@ def test_report_histograms_count_what_each_filter_saw_and_cut(local, kun_run):
     assert charts["tokens"].total == stage["length"]["in"] and sum(charts["tokens"].cut) == stage["length"]["rejected"]
     assert charts["perplexity"].total == stage["perplexity"]["in"] and sum(charts["perplexity"].cut) == 1
     assert charts["perplexity"].threshold == KUN_MAX_PPL and charts["score"].threshold == 0.0
-    assert charts["score"].total == stage["score"]["in"] - stage["score"]["rejected_by_reason"].get("unparseable_score", 0)
+    assert charts["score"].total == stage["score"]["in"] - stage["score"]["rejected_by_reason"].get(
+        "unparseable_score", 0
+    )
     for chart in charts.values():
         assert chart.edges[0] <= (chart.threshold or chart.edges[0]) <= chart.edges[-1]  # the cut is in sight
 
@@ -241,7 +274,9 @@ def test_report_histograms_count_what_each_filter_saw_and_cut(local, kun_run):
 def _chromium() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if not found:
-        pytest.fail("the report test needs Chromium: `make test` installs Debian's chromium; else put chromium on PATH")
+        pytest.fail(
+            "the report test needs Chromium: `make test` installs Debian's chromium; else put chromium on PATH"
+        )
     return found
 
 
@@ -268,14 +303,37 @@ def test_report_page_renders_in_headless_chromium(local, kun_run, tmp_path, caps
     code, _, err = cli(capsys, "report", str(kun_run[2]), "-o", str(tmp_path / "report.html"))
     assert code == 0 and str(tmp_path / "report.html") in err
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
-    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page) and "<script" not in page  # self-contained, static
+    assert (
+        not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page) and "<script" not in page
+    )  # self-contained, static
     (tmp_path / "measured.html").write_text(page.replace("</body>", MEASURE + "</body>"), encoding="utf-8")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ]
     dom = subprocess.run(
-        [_chromium(), *flags, f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,2000", "--dump-dom", (tmp_path / "measured.html").as_uri()],
-        capture_output=True, text=True, timeout=120, check=True,
+        [
+            _chromium(),
+            *flags,
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1280,2000",
+            "--dump-dom",
+            (tmp_path / "measured.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     ).stdout
-    measured = json.loads(re.search(r'<pre id="measured">(.*?)</pre>', dom, re.S).group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    measured = json.loads(
+        re.search(r'<pre id="measured">(.*?)</pre>', dom, re.S).group(1).replace("&quot;", '"').replace("&amp;", "&")
+    )
     figures = {f["id"] or f["measure"]: f for f in measured["figures"]}
     funnel = local.funnel()
     assert set(figures) == {"funnel-chart", "source-mix-chart", "tokens", "perplexity", "score"}
@@ -288,5 +346,7 @@ def test_report_page_renders_in_headless_chromium(local, kun_run, tmp_path, caps
     tables = measured["tables"]
     assert tables["funnel-table"]["rows"] == len(funnel) and tables["funnel-table"]["size"][1] > 100
     assert tables["reasons-table"]["rows"] == sum(min(5, len(s["rejected_by_reason"])) for s in funnel)
-    assert len(measured["pairs"]) == min(5, len(rows_of(kun_run[2] / "final"))) and all(h > 40 for _, h in measured["pairs"])
+    assert len(measured["pairs"]) == min(5, len(rows_of(kun_run[2] / "final"))) and all(
+        h > 40 for _, h in measured["pairs"]
+    )
     assert measured["resources"] == []  # nothing fetched: the page is one file

@@ -9,11 +9,11 @@ import pytest
 from corpus import ZH, build_corpus
 
 from kun_ray.config import ReadConfig, SourceConfig, StorageOptions
-from kun_ray.plan import parse_config
 from kun_ray.io.read import InputFile, plan_inputs, read_file
 from kun_ray.io.records import DOCUMENT_SCHEMA
 from kun_ray.io.skypile import SkypileReader
 from kun_ray.io.wudao import WudaoReader
+from kun_ray.plan import parse_config
 
 
 def read_all(config):
@@ -98,7 +98,14 @@ def test_wudao_object_without_records_is_unreadable(tmp_path):
 def test_reject_text_is_capped(tmp_path):
     (tmp_path / "big.jsonl").write_bytes(b'{"text": "' + "长".encode() * 100_000 + b"\n")
     source = SourceConfig(name="s", format="skypile", paths=["x"])
-    (row,) = list(read_file(InputFile("s", str(tmp_path / "big.jsonl"), "big.jsonl"), source, StorageOptions(), ReadConfig(max_reject_text_chars=50)))
+    (row,) = list(
+        read_file(
+            InputFile("s", str(tmp_path / "big.jsonl"), "big.jsonl"),
+            source,
+            StorageOptions(),
+            ReadConfig(max_reject_text_chars=50),
+        )
+    )
     assert row["reject_reason"] == "malformed_json"
     assert len(row["text"]) == 50
 
@@ -128,8 +135,18 @@ class CountingStream(io.BytesIO):
 @pytest.mark.parametrize(
     "reader, payload",
     [
-        (SkypileReader, b"".join(json.dumps({"text": ZH[i % 12] * 20}, ensure_ascii=False).encode() + b"\n" for i in range(40_000))),
-        (WudaoReader, json.dumps([{"uniqueKey": str(i), "content": ZH[i % 12] * 20} for i in range(40_000)], ensure_ascii=False).encode()),
+        (
+            SkypileReader,
+            b"".join(
+                json.dumps({"text": ZH[i % 12] * 20}, ensure_ascii=False).encode() + b"\n" for i in range(40_000)
+            ),
+        ),
+        (
+            WudaoReader,
+            json.dumps(
+                [{"uniqueKey": str(i), "content": ZH[i % 12] * 20} for i in range(40_000)], ensure_ascii=False
+            ).encode(),
+        ),
     ],
     ids=["jsonl", "wudao-array"],
 )

@@ -19,16 +19,19 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pytest
 import yaml
-
 from corpus import ZH, jsonl
-from kun_ray.plan import parse_config
+
 from kun_ray.pipeline import run
+from kun_ray.plan import parse_config
 
 SHARDS = 16
 
 
 def rows(folder: Path) -> list[dict]:
-    return sorted(pads.dataset(str(folder), format="parquet").to_table().to_pylist(), key=lambda r: (r["doc_id"], r.get("stage") or ""))
+    return sorted(
+        pads.dataset(str(folder), format="parquet").to_table().to_pylist(),
+        key=lambda r: (r["doc_id"], r.get("stage") or ""),
+    )
 
 
 def outputs(out: Path) -> dict[str, list[dict]]:
@@ -95,14 +98,22 @@ def start_run(config: dict, out: Path, ray_address: str, *flags: str) -> subproc
     path = out.parent / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump({**config, "output": str(out)}, allow_unicode=True))
     env = {**os.environ, "RAY_ADDRESS": ray_address}
-    return subprocess.Popen([sys.executable, "-m", "kun_ray.cli", "run", "--no-progress", *flags, str(path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "kun_ray.cli", "run", "--no-progress", *flags, str(path)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(condition, process: subprocess.Popen, timeout: float = 420) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if process.poll() is not None:
-            raise AssertionError(f"the run ended (exit {process.returncode}) before the moment to kill it:\n{process.stderr.read()[-3000:]}")
+            raise AssertionError(
+                f"the run ended (exit {process.returncode}) before the moment to kill it:\n{process.stderr.read()[-3000:]}"
+            )
         if time.monotonic() > deadline:
             process.kill()
             raise AssertionError("timed out waiting for the moment to kill")
@@ -130,7 +141,9 @@ def test_driver_killed_mid_label_resumes_to_the_clean_output(ray_cluster, llm_co
     report = json.loads((out / "report.json").read_text())
     label = report["flows"]["label"]
     assert label["shards"] == labelled_shards and label["shards_resumed"] >= done_before
-    assert report["flows"]["read"]["shards_resumed"] == SHARDS and report["flows"]["read"]["rows"] == 0  # not read again
+    assert (
+        report["flows"]["read"]["shards_resumed"] == SHARDS and report["flows"]["read"]["rows"] == 0
+    )  # not read again
     assert outputs(out) == outputs(reference)  # row for row: nothing lost, nothing twice
     assert written_files(out) == committed_files(out)  # what the killed run left half-written is gone
     assert counts(json.loads((reference / "report.json").read_text())) == counts(report)
@@ -141,7 +154,9 @@ def engine_actor_pid() -> int | None:
     """The vLLM engine actor's process: Ray titles it after the stage; its engine-core child inherits the title."""
     import psutil
 
-    titled = {p.pid: p for p in psutil.process_iter(["cmdline"]) if "vLLMEngineStageUDF" in " ".join(p.info["cmdline"] or [])}
+    titled = {
+        p.pid: p for p in psutil.process_iter(["cmdline"]) if "vLLMEngineStageUDF" in " ".join(p.info["cmdline"] or [])
+    }
     return next((pid for pid, p in titled.items() if p.ppid() not in titled), None)
 
 
@@ -192,7 +207,13 @@ def test_a_changed_config_is_refused_unless_fresh_or_force(cpu_run, ray_cluster)
         path = out.parent / "changed.yaml"
         path.write_text(yaml.safe_dump({**config, **changed, "output": str(out)}, allow_unicode=True))
         env = {**os.environ, "RAY_ADDRESS": ray_cluster}
-        return subprocess.run([sys.executable, "-m", "kun_ray.cli", "run", "--no-progress", *flags, str(path)], capture_output=True, text=True, timeout=300, env=env)
+        return subprocess.run(
+            [sys.executable, "-m", "kun_ray.cli", "run", "--no-progress", *flags, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
 
     fingerprint = json.loads((out / "manifest.json").read_text())["fingerprint"]
     resources = cli({"length": {**config["length"], "num_cpus": 0.5, "batch_size": 64}})  # how, not what: resumes

@@ -12,12 +12,24 @@ from kun_ray.config import CURATED_TAG, SEED_TAG, ConfigError, parse_train_confi
 from kun_ray.train.examples import IGNORE, Pair, encode, role_messages
 from kun_ray.train.trainer import pad_batch, read_seed, steps
 
-QUESTIONS = ["番茄怎么种？", "长江有多长？", "人每天要睡多久？", "春节有什么习俗？", "什么是光合作用？", "绿茶怎么泡？", "什么是复利？", "怎样预防感冒？"]
+QUESTIONS = [
+    "番茄怎么种？",
+    "长江有多长？",
+    "人每天要睡多久？",
+    "春节有什么习俗？",
+    "什么是光合作用？",
+    "绿茶怎么泡？",
+    "什么是复利？",
+    "怎样预防感冒？",
+]
 SEED = [Pair(q, a) for q, a in zip(QUESTIONS, ZH)]
 
 
 def config(tmp_path, **keys):
-    return parse_train_config({"role": "label", "base_model": "base", "seed": ["seed.jsonl"], "output": str(tmp_path / "out"), **keys}, base=tmp_path)
+    return parse_train_config(
+        {"role": "label", "base_model": "base", "seed": ["seed.jsonl"], "output": str(tmp_path / "out"), **keys},
+        base=tmp_path,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +43,7 @@ def tokenizer(smoke_models):
 
 
 def test_the_label_role_turns_pairs_around_in_the_label_stages_prompt(tmp_path):
-    from kun_ray.llm.label import LabelConfig
-    from kun_ray.llm.label import LabelTask
+    from kun_ray.llm.label import LabelConfig, LabelTask
 
     messages = role_messages(config(tmp_path), SEED[:1])[0]
     asked = LabelTask(LabelConfig(model="m")).request({"text": ZH[0]}).messages  # what the label stage sends
@@ -42,11 +53,21 @@ def test_the_label_role_turns_pairs_around_in_the_label_stages_prompt(tmp_path):
 
 
 def test_the_chat_role_keeps_pairs_and_the_final_role_tags_them_apart(tmp_path):
-    assert role_messages(config(tmp_path, role="chat"), SEED[:1]) == [[{"role": "user", "content": QUESTIONS[0]}, {"role": "assistant", "content": ZH[0]}]]
+    assert role_messages(config(tmp_path, role="chat"), SEED[:1]) == [
+        [{"role": "user", "content": QUESTIONS[0]}, {"role": "assistant", "content": ZH[0]}]
+    ]
     final = role_messages(config(tmp_path, role="final"), SEED[:2], [Pair("长江在哪里入海？", "东海。")])
-    assert [m[0] for m in final] == [{"role": "system", "content": SEED_TAG}] * 2 + [{"role": "system", "content": CURATED_TAG}]
-    assert SEED_TAG == "Answer in the style of an AI Assistant." and CURATED_TAG == "Answer with knowledge from web search."
-    assert final[2][1:] == [{"role": "user", "content": "长江在哪里入海？"}, {"role": "assistant", "content": "东海。"}]
+    assert [m[0] for m in final] == [{"role": "system", "content": SEED_TAG}] * 2 + [
+        {"role": "system", "content": CURATED_TAG}
+    ]
+    assert (
+        SEED_TAG == "Answer in the style of an AI Assistant."
+        and CURATED_TAG == "Answer with knowledge from web search."
+    )
+    assert final[2][1:] == [
+        {"role": "user", "content": "长江在哪里入海？"},
+        {"role": "assistant", "content": "东海。"},
+    ]
 
 
 def test_the_loss_is_on_the_answer_tokens_only(tokenizer):
@@ -62,7 +83,9 @@ def test_the_loss_is_on_the_answer_tokens_only(tokenizer):
 
 
 def test_pad_batch_pads_ids_masks_and_labels():
-    batch = pad_batch({"input_ids": [[5, 6, 7], [8]], "attention_mask": [[1, 1, 1], [1]], "labels": [[IGNORE, 6, 7], [8]]}, pad_id=0)
+    batch = pad_batch(
+        {"input_ids": [[5, 6, 7], [8]], "attention_mask": [[1, 1, 1], [1]], "labels": [[IGNORE, 6, 7], [8]]}, pad_id=0
+    )
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["labels"].tolist() == [[IGNORE, 6, 7], [8, IGNORE, IGNORE]]
@@ -70,12 +93,23 @@ def test_pad_batch_pads_ids_masks_and_labels():
 
 def test_seed_rows_that_are_not_pairs_are_skipped_with_where_and_why(tmp_path):
     (tmp_path / "seed.jsonl").write_text(
-        "\n".join([json.dumps({"instruction": "长江有多长？", "output": ZH[1]}, ensure_ascii=False), "{not json", json.dumps({"instruction": "空"}), "", json.dumps({"instruction": "q", "output": "a"})]),
+        "\n".join(
+            [
+                json.dumps({"instruction": "长江有多长？", "output": ZH[1]}, ensure_ascii=False),
+                "{not json",
+                json.dumps({"instruction": "空"}),
+                "",
+                json.dumps({"instruction": "q", "output": "a"}),
+            ]
+        ),
         encoding="utf-8",
     )
     pairs, problems = read_seed(config(tmp_path))
     assert pairs == [Pair("长江有多长？", ZH[1]), Pair("q", "a")]
-    assert problems == [f"{tmp_path / 'seed.jsonl'}:2: not a pair with a non-empty instruction and output", f"{tmp_path / 'seed.jsonl'}:3: not a pair with a non-empty instruction and output"]
+    assert problems == [
+        f"{tmp_path / 'seed.jsonl'}:2: not a pair with a non-empty instruction and output",
+        f"{tmp_path / 'seed.jsonl'}:3: not a pair with a non-empty instruction and output",
+    ]
 
 
 def test_a_seed_with_no_pairs_stops_before_any_worker_with_one_line(tmp_path, smoke_models):
@@ -87,7 +121,10 @@ def test_a_seed_with_no_pairs_stops_before_any_worker_with_one_line(tmp_path, sm
 
 
 def test_presets_and_one_line_config_errors(tmp_path):
-    assert (config(tmp_path, preset="kun_label").epochs, config(tmp_path, preset="kun_label").learning_rate) == (6, 1e-5)
+    assert (config(tmp_path, preset="kun_label").epochs, config(tmp_path, preset="kun_label").learning_rate) == (
+        6,
+        1e-5,
+    )
     assert config(tmp_path, preset="kun_chat", epochs=1).epochs == 1  # a key of the config's own wins
     assert config(tmp_path, preset="kun_chat").epochs == 4
     with pytest.raises(ConfigError, match=r"learnig_rate: unknown key \(did you mean 'learning_rate'\?\)"):
@@ -104,8 +141,16 @@ def test_the_ready_training_and_loop_configs_validate():
 
     jobs = Path(__file__).parent.parent / "jobs"
     roles = {path.name: load_train_config(path).role for path in sorted(jobs.glob("train-*.yaml"))}
-    assert roles == {"train-chat.yaml": "chat", "train-demo.yaml": "label", "train-final.yaml": "final", "train-label.yaml": "label"}
-    assert load_train_config(jobs / "train-label.yaml").epochs == 6 and load_train_config(jobs / "train-chat.yaml").lora is not None
+    assert roles == {
+        "train-chat.yaml": "chat",
+        "train-demo.yaml": "label",
+        "train-final.yaml": "final",
+        "train-label.yaml": "label",
+    }
+    assert (
+        load_train_config(jobs / "train-label.yaml").epochs == 6
+        and load_train_config(jobs / "train-chat.yaml").lora is not None
+    )
     loop = load_loop_config(jobs / "loop-humpback.yaml")
     assert loop.curate == str(jobs / "humpback.yaml") and load_train_config(loop.train).role == "final"
 
@@ -119,7 +164,10 @@ def trained(ray_cluster, smoke_models, tmp_path_factory):
     from kun_ray.train.trainer import train
 
     folder = tmp_path_factory.mktemp("train")
-    (folder / "seed.jsonl").write_text("\n".join(json.dumps({"instruction": p.instruction, "output": p.output}, ensure_ascii=False) for p in SEED), encoding="utf-8")
+    (folder / "seed.jsonl").write_text(
+        "\n".join(json.dumps({"instruction": p.instruction, "output": p.output}, ensure_ascii=False) for p in SEED),
+        encoding="utf-8",
+    )
     keys = {
         "role": "label", "base_model": str(smoke_models["chat_model"]), "seed": ["seed.jsonl"], "output": "out",
         "epochs": 8, "learning_rate": 3e-3, "batch_size": 2, "warmup_ratio": 0.0, "dtype": "float32",
@@ -130,13 +178,17 @@ def trained(ray_cluster, smoke_models, tmp_path_factory):
 
 def test_two_workers_train_and_the_loss_goes_down(trained):
     folder, _, report = trained
-    assert report["examples"] == 8 and report["workers"] == 2 and report["steps"] == 16 and report["steps_per_epoch"] == 2
+    assert (
+        report["examples"] == 8 and report["workers"] == 2 and report["steps"] == 16 and report["steps_per_epoch"] == 2
+    )
     first, last = report["loss"][0], report["loss"][-1]
     assert last < 0.5 * first, report["loss"]
     assert json.loads((folder / "out" / "train_report.json").read_text(encoding="utf-8")) == report
     checkpoints = [p for p in (folder / "out" / "ray-train").glob("checkpoint_*") if p.is_dir()]
     assert len(checkpoints) == 2  # keep_checkpoints: the newest two of one per epoch
-    assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja"} <= {p.name for p in (folder / "out" / "model").iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja"} <= {
+        p.name for p in (folder / "out" / "model").iterdir()
+    }
 
 
 def test_a_second_training_into_the_same_output_resumes_from_its_last_checkpoint(trained, capsys):
@@ -149,7 +201,9 @@ def test_a_second_training_into_the_same_output_resumes_from_its_last_checkpoint
     assert main(["train", str(folder / "train.yaml"), "--set", "epochs=9"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     report = json.loads((folder / "out" / "train_report.json").read_text(encoding="utf-8"))
-    assert report["steps"] == printed["steps"] == 18 and len(report["loss"]) == 18  # steps 1-16 from the first run's checkpoint, then 17-18
+    assert (
+        report["steps"] == printed["steps"] == 18 and len(report["loss"]) == 18
+    )  # steps 1-16 from the first run's checkpoint, then 17-18
     assert report["loss"][:16] == first["loss"] and printed["model"] == str(folder / "out" / "model")
 
 
@@ -160,7 +214,12 @@ def test_seed_from_s3_as_jsonl_and_parquet_checkpoints_and_model_to_s3(ray_clust
     from kun_ray.train.trainer import train
 
     fs = s3.fs()
-    fs.pipe("corpora/seed/part-1.jsonl", "\n".join(json.dumps({"instruction": p.instruction, "output": p.output}, ensure_ascii=False) for p in SEED[:4]).encode("utf-8"))
+    fs.pipe(
+        "corpora/seed/part-1.jsonl",
+        "\n".join(
+            json.dumps({"instruction": p.instruction, "output": p.output}, ensure_ascii=False) for p in SEED[:4]
+        ).encode("utf-8"),
+    )
     with fs.open("corpora/seed/part-2.parquet", "wb") as f:
         pq.write_table(pa.Table.from_pylist([{"instruction": p.instruction, "output": p.output} for p in SEED[4:]]), f)
     keys = {
@@ -171,7 +230,9 @@ def test_seed_from_s3_as_jsonl_and_parquet_checkpoints_and_model_to_s3(ray_clust
     assert report["seed_pairs"] == 8 and report["examples"] == 8 and report["steps"] == 2
     fs.invalidate_cache()
     assert json.loads(fs.cat_file("runs/train-s3/train_report.json")) == report
-    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.rsplit("/", 1)[-1] for p in fs.ls("runs/train-s3/model")}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {
+        p.rsplit("/", 1)[-1] for p in fs.ls("runs/train-s3/model")
+    }
     assert any(p.rsplit("/", 1)[-1].startswith("checkpoint_") for p in fs.ls("runs/train-s3/ray-train"))
 
 
@@ -179,15 +240,20 @@ def test_the_humpback_loop_curates_trains_and_recurates_with_the_trained_model(r
     """Two iterations on the CPU: label with M0 -> train M1 (final role: seed + curated, tagged) ->
     label with M1 in vLLM -> train M2.  Run again, it redoes nothing."""
     import yaml
+    from corpus import jsonl
+    from llm_runs import engine
 
     from kun_ray.config import load_loop_config
     from kun_ray.train.loop import loop
-    from llm_runs import engine
-    from corpus import jsonl
 
     (tmp_path / "corpus").mkdir()
     (tmp_path / "corpus" / "web.jsonl").write_bytes(jsonl([{"text": t} for t in ZH[8:]]))
-    (tmp_path / "seed.jsonl").write_text("\n".join(json.dumps({"instruction": p.instruction, "output": p.output}, ensure_ascii=False) for p in SEED[:4]), encoding="utf-8")
+    (tmp_path / "seed.jsonl").write_text(
+        "\n".join(
+            json.dumps({"instruction": p.instruction, "output": p.output}, ensure_ascii=False) for p in SEED[:4]
+        ),
+        encoding="utf-8",
+    )
     curate = {
         "sources": [{"name": "web", "format": "jsonl", "paths": ["corpus"]}], "output": "unused",
         "length": {"min_chars": 10, "tokenizer": str(smoke_models["tokenizer"])},
@@ -200,7 +266,18 @@ def test_the_humpback_loop_curates_trains_and_recurates_with_the_trained_model(r
     }  # fmt: skip
     (tmp_path / "curate.yaml").write_text(yaml.safe_dump(curate, allow_unicode=True), encoding="utf-8")
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(training, allow_unicode=True), encoding="utf-8")
-    (tmp_path / "loop.yaml").write_text(yaml.safe_dump({"output": "loop", "curate": "curate.yaml", "train": "train.yaml", "iterations": 2, "curate_with_trained": ["label"]}), encoding="utf-8")
+    (tmp_path / "loop.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "output": "loop",
+                "curate": "curate.yaml",
+                "train": "train.yaml",
+                "iterations": 2,
+                "curate_with_trained": ["label"],
+            }
+        ),
+        encoding="utf-8",
+    )
     config = load_loop_config(tmp_path / "loop.yaml")
 
     iterations = loop(config)
@@ -212,9 +289,17 @@ def test_the_humpback_loop_curates_trains_and_recurates_with_the_trained_model(r
     assert label["model"] == m1 and label["in"] == len(ZH[8:]) and label["generated_tokens"] > 0  # M1 served by vLLM
     for k, iteration in enumerate(iterations, 1):
         report = json.loads((out / f"iter-{k}" / "train" / "train_report.json").read_text(encoding="utf-8"))
-        assert report["seed_pairs"] == 4 and report["curated_pairs"] == iteration["pairs"] > 0 and report["lora"]  # seed + A(k)
-        assert report["examples"] == 4 + iteration["pairs"] and (out / f"iter-{k}" / "train" / "model" / "config.json").exists()
+        assert (
+            report["seed_pairs"] == 4 and report["curated_pairs"] == iteration["pairs"] > 0 and report["lora"]
+        )  # seed + A(k)
+        assert (
+            report["examples"] == 4 + iteration["pairs"]
+            and (out / f"iter-{k}" / "train" / "model" / "config.json").exists()
+        )
     again = loop(config)  # a finished loop redoes nothing
     assert again == iterations
-    assert all(f["shards_resumed"] == f["shards"] for f in json.loads((out / "iter-2" / "curated" / "report.json").read_text(encoding="utf-8"))["flows"].values())
+    assert all(
+        f["shards_resumed"] == f["shards"]
+        for f in json.loads((out / "iter-2" / "curated" / "report.json").read_text(encoding="utf-8"))["flows"].values()
+    )
     assert not (out / "iter-1" / "train" / "model" / "adapter_config.json").exists()  # a plain model, LoRA merged

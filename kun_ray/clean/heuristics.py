@@ -48,15 +48,21 @@ class Heuristics(RowFilter):
             return "repeated_unit", detail
         share = repeated_line_fraction(text)
         if share > c.max_repeated_line_fraction:
-            return "repeated_lines", f"{share:.0%} of the text is in repeated lines (max {c.max_repeated_line_fraction:.0%})"
+            return (
+                "repeated_lines",
+                f"{share:.0%} of the text is in repeated lines (max {c.max_repeated_line_fraction:.0%})",
+            )
         if match := _whitespace_run(c.max_whitespace_run).search(text):
-            return "whitespace_run", f"a run of {len(match.group(0))} whitespace characters (max {c.max_whitespace_run})"
+            return (
+                "whitespace_run",
+                f"a run of {len(match.group(0))} whitespace characters (max {c.max_whitespace_run})",
+            )
         return None, None
 
 
 @lru_cache(maxsize=16)
 def _whitespace_run(longest: int) -> re.Pattern[str]:
-    return re.compile(r"\s{%d,}" % (longest + 1))
+    return re.compile(rf"\s{{{longest + 1},}}")
 
 
 def repeated_line_fraction(text: str) -> float:

@@ -21,6 +21,7 @@ class NormalizeConfig(CpuResources):
     collapse_whitespace: bool = True
     nfkc: bool = False
 
+
 # C0/C1 controls but tab and newline, DEL, and zero-width/format characters that web text carries.
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064\ufeff]")
 HORIZONTAL_SPACE = re.compile(r"[^\S\n]+")  # whitespace but newline: spaces, tabs, U+3000, NBSP

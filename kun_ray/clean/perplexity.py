@@ -126,7 +126,12 @@ class Perplexity(RowFilter):
         texts = stable_sample(stream, c.sample_size, rows, c.seed)
         self.load()
         cut = quantile_cut([self.scorer.perplexity(t) for t in texts if t], c.keep_fraction)
-        return {"max_ppl": round(cut, 3), "by": "keep_fraction", "keep_fraction": c.keep_fraction, "sample_size": len(texts)}
+        return {
+            "max_ppl": round(cut, 3),
+            "by": "keep_fraction",
+            "keep_fraction": c.keep_fraction,
+            "sample_size": len(texts),
+        }
 
     def keep_or_reject(self, rows: pa.Table) -> Verdicts:
         max_ppl = self.fixed["max_ppl"]
@@ -158,7 +163,9 @@ def stable_sample(stream: ray.data.Dataset, size: int, rows: int, seed: int) -> 
     the order Ray Data streams the blocks in, so a clean run and a resumed one agree."""
     fraction = min(1.0, 1.5 * size / max(1, rows))
     below = min(2**64 - 1, int(fraction * 2**64))
-    picked = stream.map_batches(_sample_keys, batch_format="pyarrow", fn_kwargs={"seed": seed, "below": below}).take_all()
+    picked = stream.map_batches(
+        _sample_keys, batch_format="pyarrow", fn_kwargs={"seed": seed, "below": below}
+    ).take_all()
     return [row["text"] for row in sorted(picked, key=lambda r: r["key"])[:size]]
 
 

@@ -139,7 +139,9 @@ def one_line(error: ValidationError, model: type[BaseModel], prefix: tuple[Any, 
 Config = TypeVar("Config", bound=BaseModel)
 
 
-def validated(model: type[Config], data: Any, prefix: tuple[Any, ...] = (), context: dict[str, Any] | None = None) -> Config:
+def validated(
+    model: type[Config], data: Any, prefix: tuple[Any, ...] = (), context: dict[str, Any] | None = None
+) -> Config:
     """A mapping as `model`, or a one-line ConfigError."""
     try:
         return model.model_validate(data, context=context)

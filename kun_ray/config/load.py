@@ -69,7 +69,9 @@ def parse_loop_config(data: Any, base: Path | None = None) -> LoopConfig:
     """Validate a loop config mapping; its output and the configs it names resolve against `base`."""
     base = Path.cwd() if base is None else base
     config = _validated(LoopConfig, data)
-    config.output, config.curate, config.train = (resolve_local(p, base) for p in (config.output, config.curate, config.train))
+    config.output, config.curate, config.train = (
+        resolve_local(p, base) for p in (config.output, config.curate, config.train)
+    )
     return config
 
 
@@ -79,8 +81,11 @@ def _validated(model: type[Config], data: Any) -> Config:
     return validated(model, {key: value for key, value in data.items() if not str(key).startswith("x-")})
 
 
-def load(path: str | os.PathLike[str], overrides: Sequence[str], parse: Callable[[Any, Path], Config]) -> tuple[Any, Config]:
-    """A YAML config file with `--set` overrides, as data and parsed; every failure is a one-line ConfigError naming the file."""
+def load(
+    path: str | os.PathLike[str], overrides: Sequence[str], parse: Callable[[Any, Path], Config]
+) -> tuple[Any, Config]:
+    """A YAML config file with `--set` overrides, as data and parsed; every failure is a one-line
+    ConfigError naming the file."""
     file = Path(path)
     data = apply_overrides(read_config_file(file), overrides)
     try:

@@ -133,6 +133,7 @@ class RunConfig(StrictModel):
     _stages: dict[str, StageConfig] = PrivateAttr(default_factory=dict)
     _types: dict[str, str] = PrivateAttr(default_factory=dict)
     _sections: dict[str, Section] = PrivateAttr(default_factory=dict)
+    _written: set[str] = PrivateAttr(default_factory=set)
     #: Model, tokenizer and prompt paths as the config wrote them, before local ones were resolved.
     _as_written: dict[str, str] = PrivateAttr(default_factory=dict)
 
@@ -168,7 +169,16 @@ class RunConfig(StrictModel):
 
     def llm_stages(self) -> list[str]:
         """The enabled stages that run a model (their section names it in `model`), in config order."""
-        return [name for name, section in self._stages.items() if section.enabled and path_fields(type(section)).get("model") == "model"]
+        return [
+            name
+            for name, section in self._stages.items()
+            if section.enabled and path_fields(type(section)).get("model") == "model"
+        ]
+
+    @property
+    def written(self) -> set[str]:
+        """The stage sections the config writes (the others stand at their defaults)."""
+        return set(self._written)
 
     def stage_type(self, name: str) -> str:
         return self._types[name]
@@ -267,7 +277,11 @@ def _lift_legacy(data: dict[str, Any], registry: StageTypes) -> dict[str, Any]:
 def _unknown_key(name: str, registry: StageTypes) -> ConfigError:
     known = [*SHELL, *registry.sections, *registry.types()]
     close = difflib.get_close_matches(name, known, n=1)
-    return ConfigError(f"{name}: unknown key" + (f" (did you mean {close[0]!r}?)" if close else "") + "; not a setting nor a stage type")
+    return ConfigError(
+        f"{name}: unknown key"
+        + (f" (did you mean {close[0]!r}?)" if close else "")
+        + "; not a setting nor a stage type"
+    )
 
 
 def parse_run_config(data: Any, registry: StageTypes) -> RunConfig:
@@ -301,6 +315,8 @@ def parse_run_config(data: Any, registry: StageTypes) -> RunConfig:
         merged = {**(standing.defaults if standing else {}), **value}
         config._stages[name] = validated(model, merged, prefix=(name,))
         config._types[name] = stage_type
+        if name in written:
+            config._written.add(name)
         if standing is not None:
             config._sections[name] = standing
     return config
@@ -308,4 +324,8 @@ def parse_run_config(data: Any, registry: StageTypes) -> RunConfig:
 
 def stage_paths(config: RunConfig) -> list[tuple[str, str, str]]:
     """(section, field, kind) of every field of a stage section that names a file or a model."""
-    return [(name, key, kind) for name, section in config.stages.items() for key, kind in path_fields(type(section)).items()]
+    return [
+        (name, key, kind)
+        for name, section in config.stages.items()
+        for key, kind in path_fields(type(section)).items()
+    ]

@@ -73,7 +73,9 @@ class TrainConfig(StrictModel):
     def _apply_preset(self) -> TrainConfig:
         preset = TRAIN_PRESETS.get(self.preset or "", {})
         self.epochs = self.epochs if self.epochs is not None else preset.get("epochs", 3)
-        self.learning_rate = self.learning_rate if self.learning_rate is not None else preset.get("learning_rate", 1e-5)
+        self.learning_rate = (
+            self.learning_rate if self.learning_rate is not None else preset.get("learning_rate", 1e-5)
+        )
         if self.curated and self.role != "final":
             raise ValueError(f"curated pairs are for the final role, not {self.role}")
         return self
@@ -91,4 +93,5 @@ class LoopConfig(StrictModel):
     train: str
     iterations: int = Field(default=2, ge=1)
     #: The LLM stages that take the newest trained model from the second iteration on (Humpback: score).
-    curate_with_trained: list[Literal["label", "score", "polish"]] = Field(default_factory=lambda: ["score"])
+    #: Each must name an LLM stage of the run config (checked when the loop starts).
+    curate_with_trained: list[str] = Field(default_factory=lambda: ["score"])

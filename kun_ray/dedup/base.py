@@ -46,7 +46,12 @@ def live_keys(batch: pa.Table, ranks: dict[str, int]) -> tuple[pa.Table, list[st
 
 
 def mark_duplicates(
-    batch: pa.Table, stage: str, reason: str, ranks: dict[str, int], keeper_of: Callable[[str, str], str | None], column: str = "text"
+    batch: pa.Table,
+    stage: str,
+    reason: str,
+    ranks: dict[str, int],
+    keeper_of: Callable[[str, str], str | None],
+    column: str = "text",
 ) -> pa.Table:
     """Reject each live row whose keeper (found by `keeper_of(order key, value of column)`) is another row."""
     names = sorted(ranks, key=ranks.get)
@@ -54,7 +59,9 @@ def mark_duplicates(
     def keep_or_reject(rows: pa.Table) -> Verdicts:
         reasons: list[str | None] = []
         details: list[str | None] = []
-        for source, doc_id, text in zip(rows["source"].to_pylist(), rows["doc_id"].to_pylist(), rows[column].to_pylist()):
+        for source, doc_id, text in zip(
+            rows["source"].to_pylist(), rows["doc_id"].to_pylist(), rows[column].to_pylist()
+        ):
             key = order_key(ranks[source], doc_id)
             keeper = keeper_of(key, text)
             duplicate = keeper is not None and keeper != key

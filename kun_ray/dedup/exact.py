@@ -38,7 +38,9 @@ def _hash_keys(batch: pa.Table, ranks: dict[str, int], column: str) -> pa.Table:
 
 
 def _mark(batch: pa.Table, name: str, ranks: dict[str, int], keepers: dict[str, str], column: str) -> pa.Table:
-    return mark_duplicates(batch, name, "exact_duplicate", ranks, lambda key, text: keepers.get(text_hash(text)), column)
+    return mark_duplicates(
+        batch, name, "exact_duplicate", ranks, lambda key, text: keepers.get(text_hash(text)), column
+    )
 
 
 class ExactDedup(Stage):
@@ -54,6 +56,8 @@ class ExactDedup(Stage):
         """Reject every live row whose column equals that of a row earlier in the stable order."""
         ranks, column = source_ranks(self.run.sources), self.config.column
         keys = self.map(stream, _hash_keys, ranks=ranks, column=column)
-        groups = keys.groupby("text_hash", num_partitions=shuffle_partitions()).aggregate(Count(alias_name="n"), Min("order_key", alias_name="keeper"))
+        groups = keys.groupby("text_hash", num_partitions=shuffle_partitions()).aggregate(
+            Count(alias_name="n"), Min("order_key", alias_name="keeper")
+        )
         keepers = {row["text_hash"]: row["keeper"] for row in groups.filter(expr=col("n") > 1).iter_rows()}
         return self.map(stream, _mark, name=self.name, ranks=ranks, keepers=keepers, column=column)

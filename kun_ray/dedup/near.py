@@ -12,7 +12,7 @@ clustering step does), and every member but the group's first is rejected as `ne
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pyarrow as pa
@@ -37,7 +37,7 @@ class NearDedupConfig(CpuResources):
     column: str = since("0.2", "text")
 
 
-@lru_cache(maxsize=None)
+@cache
 def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
     """(bands, rows per band) minimising the false-positive and false-negative areas, equally weighted."""
     s = np.linspace(0.0, 1.0, 2001)
@@ -68,7 +68,9 @@ def shingle_hashes(texts: list[str], n: int) -> tuple[np.ndarray, np.ndarray]:
     """
     lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
     pad = "\0" * (n - 1)
-    points = np.frombuffer((pad.join(texts) + pad).encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.uint64)
+    points = np.frombuffer((pad.join(texts) + pad).encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(
+        np.uint64
+    )
     windows = np.zeros(len(points) - n + 1, dtype=np.uint64)
     for j in range(n):
         windows = windows * np.uint64(0x100000001B3) + points[j : j + len(windows)]
@@ -103,7 +105,12 @@ def band_keys(text: str, config: NearDedupConfig) -> list[int]:
 def _band_rows(batch: pa.Table, ranks: dict[str, int], config: NearDedupConfig, column: str) -> pa.Table:
     live, keys = live_keys(batch, ranks)
     hashes = band_hashes(live[column].to_pylist(), config)
-    return pa.table({"band_key": pa.array(hashes.reshape(-1), pa.uint64()), "order_key": pa.array(np.repeat(np.asarray(keys, dtype=object), hashes.shape[1]), pa.string())})
+    return pa.table(
+        {
+            "band_key": pa.array(hashes.reshape(-1), pa.uint64()),
+            "order_key": pa.array(np.repeat(np.asarray(keys, dtype=object), hashes.shape[1]), pa.string()),
+        }
+    )
 
 
 def _edges(batch: pa.Table, buckets: dict[int, str]) -> pa.Table:
@@ -151,8 +158,14 @@ class NearDedup(Stage):
         """Reject every live row whose column is near a row earlier in the stable order."""
         ranks, column, config = source_ranks(self.run.sources), self.config.column, self.config
         bands = self.map(stream, _band_rows, ranks=ranks, config=config, column=column).materialize()
-        grouped = bands.groupby("band_key", num_partitions=shuffle_partitions()).aggregate(Count(alias_name="n"), Min("order_key", alias_name="keeper"))
+        grouped = bands.groupby("band_key", num_partitions=shuffle_partitions()).aggregate(
+            Count(alias_name="n"), Min("order_key", alias_name="keeper")
+        )
         buckets = {row["band_key"]: row["keeper"] for row in grouped.filter(expr=col("n") > 1).iter_rows()}
-        edges = bands.map_batches(_edges, fn_kwargs={"buckets": buckets}, batch_format="pyarrow").take_all() if buckets else []
+        edges = (
+            bands.map_batches(_edges, fn_kwargs={"buckets": buckets}, batch_format="pyarrow").take_all()
+            if buckets
+            else []
+        )
         keepers = group_keepers([(e["member"], e["keeper"]) for e in edges])
         return self.map(stream, _mark, name=self.name, ranks=ranks, keepers=keepers, column=column)

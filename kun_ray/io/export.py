@@ -1,7 +1,8 @@
 """The final dataset as training files: JSONL in Alpaca form and in chat-messages form.
 
     export/alpaca/*.jsonl     {"instruction", "input": "", "output"}
-    export/messages/*.jsonl   {"messages": [{"role": "system", ...}?, {"role": "user", ...}, {"role": "assistant", ...}]}
+    export/messages/*.jsonl   {"messages": [{"role": "system", ...}?, {"role": "user", ...},
+                                            {"role": "assistant", ...}]}
 
 The output is the polished answer where the polish stage ran, else the original text
 (Humpback).  Humpback tags augmented pairs apart from seed data with a system prompt
@@ -21,13 +22,18 @@ def answers(batch: pa.Table) -> pa.ChunkedArray:
 
 def alpaca_rows(batch: pa.Table) -> pa.Table:
     n = batch.num_rows
-    return pa.table([batch["instruction"], pa.array([""] * n, pa.string()), answers(batch).cast(pa.large_string())], schema=ALPACA_SCHEMA)
+    return pa.table(
+        [batch["instruction"], pa.array([""] * n, pa.string()), answers(batch).cast(pa.large_string())],
+        schema=ALPACA_SCHEMA,
+    )
 
 
 def messages_rows(batch: pa.Table, system_prompt: str | None) -> pa.Table:
     conversations = []
     for instruction, output in zip(batch["instruction"].to_pylist(), answers(batch).to_pylist()):
         turns = [{"role": "system", "content": system_prompt}] if system_prompt is not None else []
-        conversations.append([*turns, {"role": "user", "content": instruction}, {"role": "assistant", "content": output}])
+        conversations.append(
+            [*turns, {"role": "user", "content": instruction}, {"role": "assistant", "content": output}]
+        )
     kind = pa.list_(pa.struct([("role", pa.string()), ("content", pa.large_string())]))
     return pa.table({"messages": pa.array(conversations, kind)})

@@ -44,7 +44,14 @@ def json_lines(stream: BinaryIO, max_record_bytes: int) -> Iterator[tuple[int, A
         number += 1
         if len(raw) > max_record_bytes and not raw.endswith(b"\n"):
             size = len(raw) + _skip_line(stream, max_record_bytes)
-            yield number, RecordError("record_too_large", f"a line of {size:,} bytes, over read.max_record_bytes ({max_record_bytes:,})", raw[:4096])
+            yield (
+                number,
+                RecordError(
+                    "record_too_large",
+                    f"a line of {size:,} bytes, over read.max_record_bytes ({max_record_bytes:,})",
+                    raw[:4096],
+                ),
+            )
             continue
         if not raw.strip():
             continue
@@ -54,7 +61,9 @@ def json_lines(stream: BinaryIO, max_record_bytes: int) -> Iterator[tuple[int, A
             yield number, parse_failure(raw, error)
 
 
-def generic_document(record: dict[str, Any], text_field: str, id_field: str | None, title_field: str | None) -> Document:
+def generic_document(
+    record: dict[str, Any], text_field: str, id_field: str | None, title_field: str | None
+) -> Document:
     """A record whose text, id and title fields are named in the config; the rest is meta."""
     rest = dict(record)
     text = take(rest, text_field, "missing_text")

@@ -64,7 +64,9 @@ def plan_inputs(config: RunConfig) -> list[InputFile]:
                 fs, path = url_to_fs(pattern, config.storage_for(source.storage))
                 found = expand(fs, path)
             except Exception as error:  # any listing failure is the config's path at fault
-                raise ConfigError(f"{where}: cannot list {pattern}: {type(error).__name__}: {one_line(error)}") from None
+                raise ConfigError(
+                    f"{where}: cannot list {pattern}: {type(error).__name__}: {one_line(error)}"
+                ) from None
             if not found:
                 raise ConfigError(f"{where}: no file matches {pattern}")
             for path, relpath in found:
@@ -124,9 +126,19 @@ class _Rows:
         where = self.file.url if position is None else f"{self.file.url}, {self.unit} {position}"
         if text is None and error.raw is not None:
             text = error.raw[: self.limit * 4].decode("utf-8", errors="replace")
-        return self._row(doc_id, None if text is None else text[: self.limit], None, None, error.reason, f"{where}: {error.detail}")
+        return self._row(
+            doc_id, None if text is None else text[: self.limit], None, None, error.reason, f"{where}: {error.detail}"
+        )
 
-    def _row(self, doc_id: str, text: str | None, title: str | None, meta: str | None, reason: str | None, detail: str | None) -> dict[str, Any]:
+    def _row(
+        self,
+        doc_id: str,
+        text: str | None,
+        title: str | None,
+        meta: str | None,
+        reason: str | None,
+        detail: str | None,
+    ) -> dict[str, Any]:
         return {
             "doc_id": doc_id,
             "source": self.source.name,
@@ -159,12 +171,15 @@ def _record_row(reader: CorpusReader, rows: _Rows, record: Any, position: int, m
         return rows.reject(fallback_id, failure, position, text=_record_text(record))
 
 
-def read_file(file: InputFile, source: SourceConfig, storage: StorageOptions, options: ReadConfig = ReadConfig()) -> Iterator[dict[str, Any]]:
+def read_file(
+    file: InputFile, source: SourceConfig, storage: StorageOptions, options: ReadConfig | None = None
+) -> Iterator[dict[str, Any]]:
     """Stream rows out of one file: a document per good record, a reject row per bad one.
 
     Never raises for bad data: a file that cannot be opened or parsed to its end yields one
     more reject row for the file (reason `unreadable_file`) after the records read before.
     """
+    options = options or ReadConfig()
     reader = READERS[source.format](source, options.max_record_bytes)
     rows = _Rows(file, source, reader.unit, options.max_reject_text_chars)
     try:
@@ -197,4 +212,6 @@ def _read_files(batch: pa.Table, config: RunConfig) -> Iterator[pa.Table]:
 def read_documents(config: RunConfig, inputs: list[InputFile]) -> ray.data.Dataset:
     """The files' stream rows as one Dataset, one read task per file (the run's read flow writes
     them as it reads instead, see kun_ray.pipeline; this is for reading a corpus interactively)."""
-    return input_files(inputs).map_batches(_read_files, batch_size=1, batch_format="pyarrow", fn_kwargs={"config": config}, num_cpus=config.read.num_cpus)
+    return input_files(inputs).map_batches(
+        _read_files, batch_size=1, batch_format="pyarrow", fn_kwargs={"config": config}, num_cpus=config.read.num_cpus
+    )

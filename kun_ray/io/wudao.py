@@ -76,7 +76,11 @@ def _elements(events: Iterator[tuple[str, Any]], max_depth: int) -> Iterator[Any
                 builder.event(event, value)
             if depth == 0:
                 break
-        yield RecordError("malformed_record", f"a record nested deeper than {max_depth} levels") if too_deep else builder.value
+        yield (
+            RecordError("malformed_record", f"a record nested deeper than {max_depth} levels")
+            if too_deep
+            else builder.value
+        )
 
 
 def _records_array(events: Iterator[tuple[str, Any]], max_depth: int) -> Iterator[Any]:

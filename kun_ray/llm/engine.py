@@ -39,7 +39,9 @@ DEAD = "__rejected_before__"
 
 def output_schema(input_schema: pa.Schema, task: Task, tokens: str) -> pa.Schema:
     """The input's columns, then the task's, then the tokens it generated, then the reject columns."""
-    fields = [f for f in input_schema if f.name not in REJECT_COLUMNS and f.name not in task.columns and f.name != tokens]
+    fields = [
+        f for f in input_schema if f.name not in REJECT_COLUMNS and f.name not in task.columns and f.name != tokens
+    ]
     fields += [pa.field(name, ARROW_TYPES[kind]) for name, kind in task.columns.items()]
     fields.append(pa.field(tokens, pa.int64()))
     return pa.schema(fields + [input_schema.field(c) for c in REJECT_COLUMNS])
@@ -49,7 +51,11 @@ def choice_token_ids(tokenizer: Any, choices: tuple[str, ...], model: str) -> li
     """Token ids that read as each choice ("5" and " 5"); each choice must be one token somehow."""
     ids: list[int] = []
     for choice in choices:
-        found = [enc[0] for variant in (choice, " " + choice) if len(enc := tokenizer.encode(variant, add_special_tokens=False)) == 1]
+        found = [
+            enc[0]
+            for variant in (choice, " " + choice)
+            if len(enc := tokenizer.encode(variant, add_special_tokens=False)) == 1
+        ]
         if not found:
             raise ConfigError(f"score: {choice!r} is not a single token of {model}'s tokenizer: use method: generate")
         ids += [i for i in found if i not in ids]
@@ -113,7 +119,9 @@ class Engine:
         limit = self.config.max_text_tokens
         if limit is None:
             return text
-        tokenizer = loaded_once(f"tokenizer:{self.config.model}", lambda: load_tokenizer(self.config.model, self.storage))
+        tokenizer = loaded_once(
+            f"tokenizer:{self.config.model}", lambda: load_tokenizer(self.config.model, self.storage)
+        )
         offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
         # Cut at a character boundary: a character split over byte-level tokens is kept whole.
         return text if len(offsets) <= limit else text[: offsets[limit - 1][1]]
@@ -135,14 +143,17 @@ class Engine:
         out = {name: row.get(name) for name in carried}
         out.update(parsed.columns)
         out[self.tokens] = int(row.get("num_generated_tokens") or 0)
-        out.update(reject_stage=self.name if parsed.reason else None, reject_reason=parsed.reason, reject_detail=parsed.detail)
+        out.update(
+            reject_stage=self.name if parsed.reason else None, reject_reason=parsed.reason, reject_detail=parsed.detail
+        )
         return out
 
-    def run(self, stream: ray.data.Dataset) -> ray.data.Dataset:
+    def run(self, stream: ray.data.Dataset, input_schema: pa.Schema | None = None) -> ray.data.Dataset:
         """The task over the live rows of `stream`; rows rejected before pass through untouched."""
         from ray.data.llm import build_processor
 
-        input_schema = stream.schema().base_schema
+        # The plan knows the schema; asking the stream would run what feeds it (another engine).
+        input_schema = input_schema if input_schema is not None else stream.schema().base_schema
         schema = output_schema(input_schema, self.task, self.tokens)
         carried = [f.name for f in input_schema if f.name not in REJECT_COLUMNS]
         processor = build_processor(
@@ -155,11 +166,18 @@ class Engine:
         # Ray Data restarts a dead actor and retries its batches without limit by default, so an
         # engine that dies on every start would hang the run: bound both.
         limit = self.config.max_restarts
-        processor.get_stage_by_name("vLLMEngineStage").map_batches_kwargs.update(max_restarts=limit, max_task_retries=limit)
+        processor.get_stage_by_name("vLLMEngineStage").map_batches_kwargs.update(
+            max_restarts=limit, max_task_retries=limit
+        )
         # Blocks of one engine batch: the rows spread over every engine actor, and finished rows
         # reach the writer (and their shards commit) batch by batch, not at the end of a big block.
         stream = stream.repartition(target_num_rows_per_block=self.config.batch_size)
-        return processor(stream).map_batches(conform, batch_format="pyarrow", num_cpus=self.config.cpu_stage_num_cpus, fn_kwargs={"schema": schema, "stage": self.name, "tokens": self.tokens})
+        return processor(stream).map_batches(
+            conform,
+            batch_format="pyarrow",
+            num_cpus=self.config.cpu_stage_num_cpus,
+            fn_kwargs={"schema": schema, "stage": self.name, "tokens": self.tokens},
+        )
 
 
 def conform(batch: pa.Table, schema: pa.Schema, stage: str, tokens: str) -> pa.Table:
@@ -176,8 +194,9 @@ def conform(batch: pa.Table, schema: pa.Schema, stage: str, tokens: str) -> pa.T
             errors = pc.replace_substring(errors, secret, MASK)
         failed = pc.not_equal(errors, "")
         columns["reject_stage"] = pc.if_else(failed, pa.scalar(stage, pa.string()), columns["reject_stage"])
-        columns["reject_reason"] = pc.if_else(failed, pa.scalar("inference_error", pa.string()), columns["reject_reason"])
+        columns["reject_reason"] = pc.if_else(
+            failed, pa.scalar("inference_error", pa.string()), columns["reject_reason"]
+        )
         columns["reject_detail"] = pc.if_else(failed, errors, columns["reject_detail"])
         columns[tokens] = pc.if_else(failed, pa.scalar(0, pa.int64()), pc.fill_null(columns[tokens], 0))
     return pa.table(columns, schema=schema)
-

@@ -21,7 +21,22 @@ from kun_ray.llm.stage import LLMStage, LLMStageConfig
 from kun_ray.llm.task import Parsed, Request, clip, user
 from kun_ray.text import first_keyword, repetition_detail
 
-KUN_INSTRUCTION_KEYWORDS = ["新闻", "材料", "图片", "链接", "网址", "根据", "简历", "简介", "文章", "摘要", "文本", "提取", "关键词", "网站"]
+KUN_INSTRUCTION_KEYWORDS = [
+    "新闻",
+    "材料",
+    "图片",
+    "链接",
+    "网址",
+    "根据",
+    "简历",
+    "简介",
+    "文章",
+    "摘要",
+    "文本",
+    "提取",
+    "关键词",
+    "网站",
+]
 
 
 class LabelConfig(LLMStageConfig):
@@ -32,6 +47,7 @@ class LabelConfig(LLMStageConfig):
     keywords: list[str] = Field(default_factory=lambda: list(KUN_INSTRUCTION_KEYWORDS))
     max_unit_chars: int = Field(default=10, gt=0)
     max_unit_repeats: int = Field(default=5, gt=0)
+
 
 WHITESPACE_RUN = re.compile(r"\s{5,}")
 

@@ -6,7 +6,7 @@ is written twice).  Nothing else is substituted, so a template reads as what the
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
 
@@ -15,7 +15,7 @@ from kun_ray.config import ConfigError
 SHIPPED = ("label_kun", "label_humpback", "score_kun_instruction", "score_humpback_pair", "polish_kun")
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_template(name: str, override: str | None = None) -> str:
     """The shipped template `name`, or the file `override` when given."""
     if override is not None:

@@ -27,7 +27,6 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 import pyarrow as pa
-from pydantic import Field
 
 from kun_ray.llm.prompts import check_fields, load_template, render
 from kun_ray.llm.stage import LLMStage, LLMStageConfig, SamplingConfig
@@ -109,7 +108,9 @@ class ScoreTask:
             return Request(user(prompt))
         prefill = {"role": "assistant", "content": PREFILL[self.config.mode]}
         # temperature 1: the log-probabilities are the model's own, restricted to the choices.
-        return Request([*user(prompt), prefill], {"max_tokens": 1, "temperature": 1.0, "top_p": 1.0, "repetition_penalty": 1.0})
+        return Request(
+            [*user(prompt), prefill], {"max_tokens": 1, "temperature": 1.0, "top_p": 1.0, "repetition_penalty": 1.0}
+        )
 
     def parse(self, row: Mapping[str, Any], generated: str, top_logprobs: dict[str, float] | None) -> Parsed:
         if self.config.method == "logprobs":

@@ -68,7 +68,8 @@ class LLMStageConfig(StageConfig):
     prompt_file: str | None = path(kind="file")
     #: Cut the document text to this many tokens of the model's tokenizer before it goes into the prompt.
     max_text_tokens: int | None = Field(default=None, gt=0)
-    #: Environment variables for the engine actors (e.g. VLLM_CPU_KVCACHE_SPACE). Never secrets: those come from the cluster's environment.
+    #: Environment variables for the engine actors (e.g. VLLM_CPU_KVCACHE_SPACE). Never secrets:
+    #: those come from the cluster's environment.
     env: dict[str, str] = resource(default_factory=dict)
     log_engine_metrics: bool = resource(False)
     #: Restarts of an engine actor that died (a lost spot node, an out-of-memory kill), and retries
@@ -80,7 +81,9 @@ class LLMStageConfig(StageConfig):
     def _no_secrets(cls, env: dict[str, str]) -> dict[str, str]:
         for name in env:
             if is_secret_name(name):
-                raise ValueError(f"{name} looks like a credential: set it in the cluster's environment, not in the config")
+                raise ValueError(
+                    f"{name} looks like a credential: set it in the cluster's environment, not in the config"
+                )
         return env
 
     @field_validator("accelerator_type")
@@ -148,4 +151,4 @@ class LLMStage(Stage):
     def apply(self, stream: ray.data.Dataset) -> ray.data.Dataset:
         self.prepare()
         assert self._engine is not None
-        return self._engine.run(stream)
+        return self._engine.run(stream, self.input_schema)

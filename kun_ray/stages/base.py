@@ -84,9 +84,17 @@ class Stage:
         self.run = run
         #: The values `fit` fixed for this run (from the manifest), when the stage fits any.
         self.fixed: dict[str, Any] | None = None
+        #: The schema of the rows it gets, as the plan knows it (None outside a plan).
+        self.input_schema: pa.Schema | None = None
 
     @classmethod
-    def build(cls, name: str | None = None, storage: StorageOptions | None = None, sources: tuple[str, ...] = (), **fields: Any) -> Stage:
+    def build(
+        cls,
+        name: str | None = None,
+        storage: StorageOptions | None = None,
+        sources: tuple[str, ...] = (),
+        **fields: Any,
+    ) -> Stage:
         """A stage outside a run (a notebook, a test): its config from keyword fields."""
         return cls(name or cls.type, cls.config_model(**fields), RunContext(storage or StorageOptions(), sources))
 

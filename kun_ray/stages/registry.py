@@ -43,7 +43,12 @@ DEFAULT_FLOWS: dict[str, dict[str, Any]] = {
     "label": {"output": "labeled", "stages": ["label"]},
     "score": {"output": "scored", "stages": ["score"]},
     "polish": {"output": "polished", "stages": ["polish"]},
-    "final": {"output": "final", "stages": ["instruction_exact_dedup", "instruction_near_dedup"], "needs": ["instruction"], "export": True},
+    "final": {
+        "output": "final",
+        "stages": ["instruction_exact_dedup", "instruction_near_dedup"],
+        "needs": ["instruction"],
+        "export": True,
+    },
 }
 #: The read flow: every run starts with it.
 READ_FLOW, READ_OUTPUT = "read", "documents"

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kun_ray.config import TrainConfig
-from kun_ray.llm.label import LabelConfig
-from kun_ray.llm.label import LabelTask
+from kun_ray.llm.label import LabelConfig, LabelTask
 from kun_ray.llm.task import Messages
 
 #: Label id the loss ignores (PyTorch's cross entropy default).
@@ -31,10 +30,16 @@ class Pair:
 
 
 def pair_of(row: Mapping[str, Any]) -> Pair | None:
-    """A seed row ({instruction, output}) or a final/ row ({instruction, answer or text}); None if it lacks either side."""
+    """A seed row ({instruction, output}) or a final/ row ({instruction, answer or text}); None if
+    it lacks either side."""
     instruction = row.get("instruction")
     output = row.get("output") if row.get("output") is not None else (row.get("answer") or row.get("text"))
-    if not isinstance(instruction, str) or not isinstance(output, str) or not instruction.strip() or not output.strip():
+    if (
+        not isinstance(instruction, str)
+        or not isinstance(output, str)
+        or not instruction.strip()
+        or not output.strip()
+    ):
         return None
     return Pair(instruction, output)
 
@@ -69,7 +74,9 @@ def encode(messages: Messages, tokenizer: Any, max_length: int) -> dict[str, lis
     prompt = _ids(tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=True))
     full = _ids(tokenizer.apply_chat_template(messages, tokenize=True))
     if full[: len(prompt)] != prompt:
-        raise ValueError("the chat template renders the prompt differently with the answer after it: cannot mask the prompt")
+        raise ValueError(
+            "the chat template renders the prompt differently with the answer after it: cannot mask the prompt"
+        )
     if tokenizer.eos_token_id is not None and full[-1] != tokenizer.eos_token_id:
         full.append(tokenizer.eos_token_id)  # the model learns to stop
     if len(prompt) >= max_length:

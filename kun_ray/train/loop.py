@@ -17,7 +17,7 @@ import json
 import logging
 from typing import Any
 
-from kun_ray.config import LoopConfig, load_train_config
+from kun_ray.config import ConfigError, LoopConfig, load_train_config
 from kun_ray.io.storage import url_to_fs
 from kun_ray.pipeline import run
 from kun_ray.plan import load_config
@@ -30,12 +30,18 @@ def loop(config: LoopConfig) -> list[dict[str, Any]]:
     """Run every iteration; what each one curated and trained."""
     iterations: list[dict[str, Any]] = []
     model: str | None = None
+    llm_stages = load_config(config.curate).llm_stages()
+    for name in config.curate_with_trained:
+        if name not in llm_stages:
+            raise ConfigError(f"curate_with_trained: {name!r} is not an LLM stage of {config.curate}: {llm_stages}")
     for k in range(1, config.iterations + 1):
         folder = f"{config.output.rstrip('/')}/iter-{k}"
         curated_at, train_at = f"{folder}/curated", f"{folder}/train"
         stages = [f"{stage}.model={json.dumps(model)}" for stage in config.curate_with_trained] if model else []
         curation = run(load_config(config.curate, [f"output={json.dumps(curated_at)}", *stages]))
-        training = load_train_config(config.train, [f"output={json.dumps(train_at)}", f"curated={json.dumps([curated_at])}"])
+        training = load_train_config(
+            config.train, [f"output={json.dumps(train_at)}", f"curated={json.dumps([curated_at])}"]
+        )
         fs, root = url_to_fs(train_at, training.storage)
         if fs.exists(f"{root}/{REPORT}"):
             logger.info("iteration %d: %s already trained, skipped", k, train_at)
@@ -44,6 +50,15 @@ def loop(config: LoopConfig) -> list[dict[str, Any]]:
             report = train(training)
         final = [s for s in curation["stages"] if s.get("flow") == "final"]
         pairs = final[-1]["kept"] if final else 0
-        iterations.append({"iteration": k, "curated": curated_at, "curated_with": model, "pairs": pairs, "model": report["model"], "steps": report["steps"]})
+        iterations.append(
+            {
+                "iteration": k,
+                "curated": curated_at,
+                "curated_with": model,
+                "pairs": pairs,
+                "model": report["model"],
+                "steps": report["steps"],
+            }
+        )
         model = f"{train_at}/{MODEL_FOLDER}"
     return iterations

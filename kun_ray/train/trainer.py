@@ -85,7 +85,13 @@ def examples(config: TrainConfig, tokenizer: Any) -> tuple[list[dict[str, list[i
     curated = read_curated(config) if config.role == "final" else []
     encoded = [encode(m, tokenizer, config.max_length) for m in role_messages(config, seed, curated)]
     kept = [e for e in encoded if e is not None]
-    counts = {"seed_pairs": len(seed), "curated_pairs": len(curated), "examples": len(kept), "prompt_too_long": len(encoded) - len(kept), "skipped_seed_rows": problems}
+    counts = {
+        "seed_pairs": len(seed),
+        "curated_pairs": len(curated),
+        "examples": len(kept),
+        "prompt_too_long": len(encoded) - len(kept),
+        "skipped_seed_rows": problems,
+    }
     return kept, counts
 
 
@@ -102,7 +108,10 @@ def pad_batch(batch: dict[str, Any], pad_id: int) -> dict[str, Any]:
 
     width = max(len(ids) for ids in batch["input_ids"])
     fill = {"input_ids": pad_id, "attention_mask": 0, "labels": IGNORE}
-    return {key: torch.tensor([list(row) + [value] * (width - len(row)) for row in batch[key]]) for key, value in fill.items()}
+    return {
+        key: torch.tensor([list(row) + [value] * (width - len(row)) for row in batch[key]])
+        for key, value in fill.items()
+    }
 
 
 def train_loop(loop: dict[str, Any]) -> None:
@@ -120,7 +129,16 @@ def train_loop(loop: dict[str, Any]) -> None:
         from peft import LoraConfig, get_peft_model
 
         lora = config.lora
-        model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=lora.r,
+                lora_alpha=lora.alpha,
+                lora_dropout=lora.dropout,
+                target_modules=lora.target_modules,
+                task_type="CAUSAL_LM",
+            ),
+        )
     shard = ray.train.get_dataset_shard("train")
     batches = shard.iter_torch_batches(batch_size=config.batch_size, collate_fn=lambda b: pad_batch(b, loop["pad_id"]))
     arguments = TrainingArguments(
@@ -143,7 +161,9 @@ def train_loop(loop: dict[str, Any]) -> None:
         ddp_find_unused_parameters=False,
         disable_tqdm=True,
     )
-    trainer = prepare_trainer(Trainer(model=model, args=arguments, train_dataset=batches, callbacks=[RayTrainReportCallback()]))
+    trainer = prepare_trainer(
+        Trainer(model=model, args=arguments, train_dataset=batches, callbacks=[RayTrainReportCallback()])
+    )
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         trainer.train()
@@ -183,10 +203,18 @@ def train(config: TrainConfig) -> dict[str, Any]:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"config": config.model_dump(mode="json"), "base_model": config.base_model, "pad_id": pad_id, "max_steps": max_steps, "save_steps": config.save_steps or per_epoch},
+        train_loop_config={
+            "config": config.model_dump(mode="json"),
+            "base_model": config.base_model,
+            "pad_id": pad_id,
+            "max_steps": max_steps,
+            "save_steps": config.save_steps or per_epoch,
+        },
         scaling_config=ray.train.ScalingConfig(
-            num_workers=config.scaling.num_workers, use_gpu=config.scaling.use_gpu,
-            resources_per_worker={"CPU": config.scaling.cpus_per_worker}, accelerator_type=config.scaling.accelerator_type,
+            num_workers=config.scaling.num_workers,
+            use_gpu=config.scaling.use_gpu,
+            resources_per_worker={"CPU": config.scaling.cpus_per_worker},
+            accelerator_type=config.scaling.accelerator_type,
         ),
         run_config=ray.train.RunConfig(
             name=RAY_TRAIN_NAME,
@@ -208,9 +236,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
             fs.put(local.rstrip("/") + "/", target, recursive=True)
     losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
     report = {
-        "role": config.role, "base_model": config.base_model, "output": config.output, "model": f"{config.output.rstrip('/')}/{MODEL_FOLDER}",
-        **counts, "epochs": config.epochs, "learning_rate": config.learning_rate, "lora": config.lora is not None,
-        "workers": config.scaling.num_workers, "steps": state["global_step"], "steps_per_epoch": per_epoch, "loss": losses,
+        "role": config.role, "base_model": config.base_model, "output": config.output,
+        "model": f"{config.output.rstrip('/')}/{MODEL_FOLDER}", **counts, "epochs": config.epochs,
+        "learning_rate": config.learning_rate, "lora": config.lora is not None, "workers": config.scaling.num_workers,
+        "steps": state["global_step"], "steps_per_epoch": per_epoch, "loss": losses,
     }  # fmt: skip
     fs.pipe_file(f"{root.rstrip('/')}/{REPORT}", json.dumps(report, ensure_ascii=False, indent=2).encode("utf-8"))
     return report
