@@ -36,6 +36,7 @@ from kun_ray.llm.stage import LLMStage
 from kun_ray.plan import Flow, Plan, build_plan
 from kun_ray.report import flow_report
 from kun_ray.run import MANIFEST, RunFolder, run_settings
+from kun_ray.stages.base import sample_rows
 from kun_ray.stages.registry import READ_FLOW, READ_OUTPUT
 
 logger = logging.getLogger("kun_ray")
@@ -109,15 +110,20 @@ class RunFlows:
     def _stream(self, flow: Flow, upstream: Ledger, source: str, shards: list[str] | None) -> ray.data.Dataset:
         """The flow's input with its stages applied; each stage that fits gets its values,
         fixed in the manifest on first use so a resumed run uses the same."""
-        stream = self.folder.read_files(upstream.files(source, shards))
-        rows = sum(upstream.kept().values())
+        files = upstream.files(source, shards)
+        stream = self.folder.read_files(files)
         fixed = self.manifest["fixed"]
-        for stage in flow.stages:
-            if stage.fits:
-                if stage.name not in fixed:
-                    fixed[stage.name] = stage.fit(stream, rows)
-                    self.folder.write_json(MANIFEST, self.manifest)
-                stage.fixed = fixed[stage.name]
+        for i, stage in enumerate(flow.stages):
+            if stage.fits and stage.name not in fixed:
+                rows = sum(upstream.kept().values())
+                sample = self.folder.read_files(files)
+                if (size := stage.sample()) is not None:
+                    sample = sample_rows(sample, size[0], rows, size[1])
+                for before in flow.stages[:i]:
+                    sample = before.apply(sample)
+                fixed[stage.name] = stage.fit(sample, rows)
+                self.folder.write_json(MANIFEST, self.manifest)
+            stage.fixed = fixed.get(stage.name)
             stream = stage.apply(stream)
         return stream
 
@@ -128,13 +134,15 @@ class RunFlows:
         folders = [flow.output, *(f"rejects/{stage.name}" for stage in flow.stages)]
         sums = tuple(stage.tokens_column for stage in flow.stages if isinstance(stage, LLMStage))
         clock, done = time.monotonic(), ShardCommit()
+        for stage in flow.stages:  # what a resumed flow reports, even with nothing left to run
+            stage.fixed = self.manifest["fixed"].get(stage.name)
         if flow.whole or flow.export:
             resumed = len(ledger.shards) if ledger.whole else 0
             if not ledger.whole:
                 ledger.collect_garbage(folders)
                 stream = self._stream(flow, upstream, source, None)
                 shards, done = drain(
-                    _written(stream, self._writer(flow.output)),
+                    _written(stream, self._writer(flow.output, sums)),
                     ledger,
                     None,
                     len(upstream.shards),

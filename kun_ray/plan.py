@@ -125,8 +125,17 @@ def build_plan(config: RunConfig) -> Plan:
             for n in flow.stages
             if n in config.stages and config.stages[n].enabled
         ]
-        if not stages and not flow.export:
+        if not stages and not (flow.export or flow.always):
             continue
+        if flow.export and "instruction" not in available:
+            raise ConfigError(f"{where}.export: the export needs instructions, which no stage before it adds")
+        for i, stage in enumerate(stages):
+            generated = [s.name for s in stages[:i] if not s.deterministic]
+            if stage.kind == "global" and generated:
+                raise ConfigError(
+                    f"{where}.stages: {stage.name} reads all of its input twice, which {generated[0]} in the same "
+                    f"flow would generate twice: put {stage.name} in a flow after it"
+                )
         for stage in stages:
             stage.input_schema = pa.schema([*available.items(), *REJECT_FIELDS])
             for column in stage.columns_read():

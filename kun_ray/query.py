@@ -99,6 +99,12 @@ class Run:
         return [self._outputs[flow] for flow in self.ledgers]
 
     @property
+    def export_stage(self) -> str | None:
+        """The folder of the flow that exports the run's pairs (final/ by default), once it committed."""
+        exporting = [flow.output for flow in self.layout if flow.export and flow.name in self.ledgers]
+        return exporting[-1] if exporting else None
+
+    @property
     def measures(self) -> list[str]:
         """The measure columns the run's stages declare (n_tokens, ppl, score, ...), which reject rows keep."""
         return measures(self.manifest)

@@ -21,7 +21,7 @@ import jinja2
 
 from kun_ray import __version__
 from kun_ray.query import Run
-from kun_ray.run import REPORT_PAGE
+from kun_ray.run import LEGACY_CUT, REPORT_PAGE, declared
 from kun_ray.secrets import redact
 
 BINS = 40
@@ -74,8 +74,10 @@ def histogram(
 def measure_histograms(run: Run) -> list[Histogram]:
     """A histogram of each measure a stage of the plan charts (length, perplexity, score, ...),
     over every row that stage measured: the rows its flow kept, and the ones cut at or after it."""
-    declared = (run.manifest.get("plan") or {}).get("stages") or {}  # runs of kun-ray 0.1 have no plan
-    fixed = run.manifest.get("fixed", {})
+    stages = declared(run.manifest)
+    fixed = dict(run.manifest.get("fixed", {}))
+    if LEGACY_CUT in fixed:
+        fixed.setdefault("perplexity", fixed[LEGACY_CUT])
     charts: list[Histogram] = []
     for flow in run.layout:
         if flow.name not in run.ledgers:
@@ -85,7 +87,7 @@ def measure_histograms(run: Run) -> list[Histogram]:
         kept_columns = set(run.sql(f"SELECT * FROM {flow.output} LIMIT 0").columns)
         rejected_columns = set(run.sql(f"{rejected} LIMIT 0").columns) if rejected else set()
         for name in flow.stages:
-            for chart in declared.get(name, {}).get("charts", []):
+            for chart in stages.get(name, {}).get("charts", []):
                 column = chart["column"]
                 parts = []
                 if column in kept_columns:

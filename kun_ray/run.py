@@ -50,6 +50,10 @@ REPORT_PAGE = "report.html"  # kun-ray report
 RUN_FILES = ["export", "rejects", "_commits", "report.json", REPORT_PAGE, MANIFEST]
 
 
+#: kun-ray 0.1's name, in a manifest's `fixed`, for the perplexity stage's cut.
+LEGACY_CUT = "perplexity_cut"
+
+
 class RunConflict(ConfigError):
     """The run folder holds a run of another config."""
 
@@ -81,12 +85,40 @@ def layout(manifest: dict[str, Any]) -> list[FlowLayout]:
     ]
 
 
-def measures(manifest: dict[str, Any]) -> list[str]:
-    """The measure columns a run's stages declare, which its reject rows keep (kun-ray 0.1 kept these four)."""
+def declared(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each stage's declarations (measures, charts, ...) as the manifest's plan records them; for a
+    run folder of kun-ray 0.1, what its stages had, from its settings."""
     stages = (manifest.get("plan") or {}).get("stages")
-    if stages is None:
-        return ["n_chars", "n_tokens", "ppl", "score"]
-    return list(dict.fromkeys(m for stage in stages.values() for m in stage["measures"]))
+    if stages is not None:
+        return stages
+    settings = manifest.get("settings", {})
+
+    def chart(
+        column: str, title: str, unit: str, threshold: Any, side: str, fixed: str | None = None
+    ) -> dict[str, Any]:
+        return {"column": column, "title": title, "unit": unit, "threshold": threshold, "side": side, "fixed": fixed}
+
+    if settings.get("length.tokenizer") is not None:
+        length = chart("n_tokens", "Length in tokens", "tokens", settings.get("length.max_tokens"), "max")
+    else:
+        length = chart("n_chars", "Length in characters", "characters", settings.get("length.max_chars"), "max")
+    stages = {
+        "length": {"measures": ["n_chars", "n_tokens"], "charts": [length]},
+        "perplexity": {
+            "measures": ["ppl"],
+            "charts": [chart("ppl", "Perplexity (KenLM)", "perplexity", None, "max", "max_ppl")],
+        },
+        "score": {
+            "measures": ["score"],
+            "charts": [chart("score", "Score", "score", settings.get("score.min_score"), "min")],
+        },
+    }
+    return {name: stage for name, stage in stages.items() if settings.get(f"{name}.enabled")}
+
+
+def measures(manifest: dict[str, Any]) -> list[str]:
+    """The measure columns a run's stages declare, which its reject rows keep."""
+    return list(dict.fromkeys(m for stage in declared(manifest).values() for m in stage["measures"]))
 
 
 def run_settings(config: RunConfig, inputs: list[InputFile]) -> dict[str, Any]:
@@ -211,8 +243,8 @@ class RunFolder:
         manifest = self.check(settings, force)
         if manifest is None or manifest["fingerprint"] != fingerprint(settings) or manifest.get("plan") != plan:
             fixed = (manifest or {}).get("fixed", {})
-            if "perplexity_cut" in fixed:  # kun-ray 0.1's name for the perplexity stage's fixed cut
-                fixed["perplexity"] = fixed.pop("perplexity_cut")
+            if LEGACY_CUT in fixed:
+                fixed["perplexity"] = fixed.pop(LEGACY_CUT)
             manifest = {
                 "kun_ray_version": __version__,
                 "created_at": (manifest or {}).get("created_at") or datetime.now(UTC).isoformat(timespec="seconds"),

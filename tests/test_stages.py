@@ -153,6 +153,18 @@ def test_a_stage_before_what_it_reads_is_a_config_error(tmp_path):
     assert [(f.name, f.whole) for f in plan.flows] == [("all", True), ("llm", False)]
 
 
+def test_filter_and_dedup_run_with_their_stages_off_and_a_dedup_never_follows_a_model(tmp_path):
+    off = {name: {"enabled": False} for name in ("normalize", "length", "heuristics", "exact_dedup", "near_dedup")}
+    plan = build_plan(parse_config({**BASE, **off}, tmp_path))
+    assert [(f.name, f.stages) for f in plan.flows] == [("filter", []), ("dedup", [])]  # filtered/, clean/ as ever
+    flows = {"all": {"output": "pairs", "stages": ["normalize", "length", "heuristics", "label", "exact_dedup", "near_dedup"]}}
+    with pytest.raises(ConfigError, match="^flows.all.stages: exact_dedup reads all of its input twice, which label"):
+        parse_config({**BASE, "label": {"model": "m"}, "flows": flows}, tmp_path)
+    flows = {"all": {"output": "pairs", "stages": ["normalize", "length", "heuristics", "exact_dedup", "near_dedup"], "export": True}}
+    with pytest.raises(ConfigError, match="^flows.all.export: the export needs instructions"):
+        parse_config({**BASE, "flows": flows}, tmp_path)
+
+
 def test_a_second_instance_of_a_stage_type_names_its_type(tmp_path):
     second = {"title_dedup": {"stage": "exact_dedup", "column": "title"}}
     with pytest.raises(

@@ -13,18 +13,17 @@ is published, so a percentile is the practical default).  Adds `ppl`.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import sys
 import unicodedata
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import Field, model_validator
+from ray.data.expressions import col
 
 from kun_ray.config.base import CpuResources, StorageOptions, path
-from kun_ray.stages.base import Chart, RowFilter, Verdicts, replace_column
+from kun_ray.stages.base import SAMPLE_KEY, Chart, RowFilter, Verdicts, replace_column
 
 if TYPE_CHECKING:
     import ray.data
@@ -118,14 +117,19 @@ class Perplexity(RowFilter):
         c = self.config
         self.scorer = PerplexityScorer(c.kenlm_model, c.sentencepiece_model, c.storage or self.run.storage)
 
+    def sample(self) -> tuple[int, int] | None:
+        return None if self.config.max_ppl is not None else (self.config.sample_size, self.config.seed)
+
     def fit(self, stream: ray.data.Dataset, rows: int) -> dict[str, Any]:
-        """The cut: `max_ppl`, or the `keep_fraction` quantile of a sample of the texts this stage sees."""
+        """The cut: `max_ppl`, or the `keep_fraction` quantile of the perplexities of a sample of
+        the texts this stage sees (`stream`: the sample, through the stages before this one)."""
         c = self.config
         if c.max_ppl is not None:
             return {"max_ppl": c.max_ppl, "by": "max_ppl"}
-        texts = stable_sample(stream, c.sample_size, rows, c.seed)
-        self.load()
-        cut = quantile_cut([self.scorer.perplexity(t) for t in texts if t], c.keep_fraction)
+        picked = stream.filter(expr=col("reject_reason").is_null()).select_columns([SAMPLE_KEY, "text"]).take_all()
+        texts = [row["text"] for row in sorted(picked, key=lambda r: r[SAMPLE_KEY])[: c.sample_size]]
+        scorer = PerplexityScorer(c.kenlm_model, c.sentencepiece_model, c.storage or self.run.storage)
+        cut = quantile_cut([scorer.perplexity(t) for t in texts if t], c.keep_fraction)
         return {
             "max_ppl": round(cut, 3),
             "by": "keep_fraction",
@@ -145,28 +149,6 @@ class Perplexity(RowFilter):
 
     def report(self) -> dict[str, Any]:
         return {"cut": self.fixed}
-
-
-def _sample_keys(batch: pa.Table, seed: int, below: int) -> pa.Table:
-    """The live rows whose hash of (seed, source, doc_id) falls below `below`, with that hash."""
-    batch = batch.filter(pc.is_null(batch["reject_reason"]))
-    keys = [
-        int.from_bytes(hashlib.blake2b(f"{seed}\x1f{s}\x1f{d}".encode(), digest_size=8).digest(), "big")
-        for s, d in zip(batch["source"].to_pylist(), batch["doc_id"].to_pylist())
-    ]
-    mask = pa.array([k < below for k in keys], pa.bool_())
-    return pa.table({"key": pa.array(keys, pa.uint64()).filter(mask), "text": batch["text"].filter(mask)})
-
-
-def stable_sample(stream: ray.data.Dataset, size: int, rows: int, seed: int) -> list[str]:
-    """Texts of about `size` live rows picked by a hash of their ids: the same sample whatever
-    the order Ray Data streams the blocks in, so a clean run and a resumed one agree."""
-    fraction = min(1.0, 1.5 * size / max(1, rows))
-    below = min(2**64 - 1, int(fraction * 2**64))
-    picked = stream.map_batches(
-        _sample_keys, batch_format="pyarrow", fn_kwargs={"seed": seed, "below": below}
-    ).take_all()
-    return [row["text"] for row in sorted(picked, key=lambda r: r["key"])[:size]]
 
 
 def quantile_cut(perplexities: list[float], keep_fraction: float) -> float:

@@ -90,8 +90,10 @@ class FlowConfig(StrictModel):
     output: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     #: Columns the flow needs from earlier flows: without them (no LLM stage ran) the flow is left out.
     needs: list[str] = Field(default_factory=list)
-    #: Write export/ (final.formats) from this flow's output.
+    #: Write export/ (final.formats) from this flow's output: its rows must have instructions.
     export: bool = False
+    #: Run even when all its stages are off: its folder then holds its input as it came.
+    always: bool = False
 
 
 @dataclass(frozen=True)

@@ -136,6 +136,9 @@ class Engine:
         else:
             out["prompt"] = "\n".join(m["content"] for m in request.messages)
         out["sampling_params"] = self.sampling_params(request.sampling)
+        # Said outright: rows are one Arrow struct column inside the processor, and a live row
+        # missing the key would read as null there, which Ray Data LLM takes for an error.
+        out[ERROR_COLUMN] = ""
         return out
 
     def postprocess(self, row: dict[str, Any], carried: list[str]) -> dict[str, Any]:

@@ -119,6 +119,7 @@ class LLMStage(Stage):
     """
 
     task_class: ClassVar[type[Task]]
+    deterministic = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

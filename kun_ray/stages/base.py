@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     import ray.data
 
 Kind = Literal["row", "global", "split"]
+#: The column of a fit's sample holding each row's hash (Stage.sample).
+SAMPLE_KEY = "__sample_key__"
 
 
 @dataclass(frozen=True)
@@ -121,12 +123,21 @@ class Stage:
 
     #: Whether `fit` computes values from the input (then they are fixed in the manifest).
     fits: ClassVar[bool] = False
+    #: Whether a rerun gives the same rows (a sampling model does not): a global stage, which reads
+    #: its input twice, may not follow a stage that is not in its flow.
+    deterministic: ClassVar[bool] = True
 
     def prepare(self) -> None:
         """Checks that need more than the config (a tokenizer to load), on the driver before any flow runs."""
 
+    def sample(self) -> tuple[int, int] | None:
+        """(size, seed) when `fit` needs only a sample of its input: the flow's input is sampled by
+        a hash of the rows' ids (column SAMPLE_KEY) before the stages before this one run on it."""
+        return None
+
     def fit(self, stream: ray.data.Dataset, rows: int) -> dict[str, Any]:
-        """Values computed once from the live rows this stage would see (`rows` of them at most)."""
+        """Values computed once from the rows this stage would see (or a sample of them, see
+        `sample`), of `rows` input rows at most."""
         raise NotImplementedError
 
     def apply(self, stream: ray.data.Dataset) -> ray.data.Dataset:
@@ -210,3 +221,21 @@ def on_live_rows(batch: pa.Table, stage: str, keep_or_reject: Callable[[pa.Table
 def replace_column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
     index = table.schema.get_field_index(name)
     return table.set_column(index, name, values) if index >= 0 else table.append_column(name, values)
+
+
+def sample_rows(stream: ray.data.Dataset, size: int, rows: int, seed: int) -> ray.data.Dataset:
+    """About 1.5 x `size` rows of `rows`, picked by a hash of (seed, source, doc_id) kept in
+    SAMPLE_KEY: the same sample whatever order Ray Data streams the blocks in, so a clean run and
+    a resumed one agree."""
+    fraction = min(1.0, 1.5 * size / max(1, rows))
+    below = min(2**64 - 1, int(fraction * 2**64))
+    return stream.map_batches(_sample_keys, batch_format="pyarrow", fn_kwargs={"seed": seed, "below": below})
+
+
+def _sample_keys(batch: pa.Table, seed: int, below: int) -> pa.Table:
+    keys = [
+        int.from_bytes(hashlib.blake2b(f"{seed}\x1f{s}\x1f{d}".encode(), digest_size=8).digest(), "big")
+        for s, d in zip(batch["source"].to_pylist(), batch["doc_id"].to_pylist())
+    ]
+    mask = pa.array([k < below for k in keys], pa.bool_())
+    return batch.append_column(SAMPLE_KEY, pa.array(keys, pa.uint64())).filter(mask)

@@ -35,11 +35,15 @@ REGISTRY: dict[str, str] = {
 
 #: The flows of a run whose config has no `flows:`, in order, after the read flow (which writes
 #: documents/).  Stages that are off are left out of their flow, and a flow left with none is
-#: left out; a flow that `needs` a column no earlier flow makes is left out too (final, when no
-#: LLM stage ran).
+#: left out unless it runs `always` (filter and dedup: their folders are always there); a flow
+#: that `needs` a column no earlier flow makes is left out too (final, when no LLM stage ran).
 DEFAULT_FLOWS: dict[str, dict[str, Any]] = {
-    "filter": {"output": "filtered", "stages": ["normalize", "cjk_ratio", "length", "perplexity", "heuristics"]},
-    "dedup": {"output": "clean", "stages": ["exact_dedup", "near_dedup"]},
+    "filter": {
+        "output": "filtered",
+        "stages": ["normalize", "cjk_ratio", "length", "perplexity", "heuristics"],
+        "always": True,
+    },
+    "dedup": {"output": "clean", "stages": ["exact_dedup", "near_dedup"], "always": True},
     "label": {"output": "labeled", "stages": ["label"]},
     "score": {"output": "scored", "stages": ["score"]},
     "polish": {"output": "polished", "stages": ["polish"]},

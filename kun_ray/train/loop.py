@@ -20,7 +20,7 @@ from typing import Any
 from kun_ray.config import ConfigError, LoopConfig, load_train_config
 from kun_ray.io.storage import url_to_fs
 from kun_ray.pipeline import run
-from kun_ray.plan import load_config
+from kun_ray.plan import build_plan, load_config
 from kun_ray.train.trainer import MODEL_FOLDER, REPORT, train
 
 logger = logging.getLogger("kun_ray")
@@ -30,10 +30,10 @@ def loop(config: LoopConfig) -> list[dict[str, Any]]:
     """Run every iteration; what each one curated and trained."""
     iterations: list[dict[str, Any]] = []
     model: str | None = None
-    llm_stages = load_config(config.curate).llm_stages()
-    for name in config.curate_with_trained:
-        if name not in llm_stages:
-            raise ConfigError(f"curate_with_trained: {name!r} is not an LLM stage of {config.curate}: {llm_stages}")
+    curate = load_config(config.curate)
+    for name in config.curate_with_trained:  # a stage that is off is fine: it takes the model and stays off
+        if "model" not in getattr(curate.stages.get(name), "model_fields", {}):
+            raise ConfigError(f"curate_with_trained: {name!r} is not an LLM stage of {config.curate}")
     for k in range(1, config.iterations + 1):
         folder = f"{config.output.rstrip('/')}/iter-{k}"
         curated_at, train_at = f"{folder}/curated", f"{folder}/train"
@@ -48,7 +48,8 @@ def loop(config: LoopConfig) -> list[dict[str, Any]]:
             report = json.loads(fs.cat_file(f"{root}/{REPORT}"))
         else:
             report = train(training)
-        final = [s for s in curation["stages"] if s.get("flow") == "final"]
+        exporting = {flow.name for flow in build_plan(curate).flows if flow.export}
+        final = [s for s in curation["stages"] if s.get("flow") in exporting]
         pairs = final[-1]["kept"] if final else 0
         iterations.append(
             {

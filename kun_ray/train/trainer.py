@@ -68,14 +68,14 @@ def _json_lines(lines: list[str]) -> list[Any]:
 
 
 def read_curated(config: TrainConfig) -> list[Pair]:
-    """The final/ pairs of each curated run (its committed files only)."""
+    """The exported pairs (final/) of each curated run (its committed files only)."""
     from kun_ray.query import Run
 
     pairs: list[Pair] = []
     for path in config.curated:
         run = Run.open(path, config.storage)
-        if "final" in run.stages:
-            pairs += [p for row in run.rows("SELECT * FROM final") if (p := pair_of(row)) is not None]
+        if (stage := run.export_stage) is not None:
+            pairs += [p for row in run.rows(f"SELECT * FROM {stage}") if (p := pair_of(row)) is not None]
     return pairs
 
 
