@@ -157,10 +157,21 @@ def test_filter_and_dedup_run_with_their_stages_off_and_a_dedup_never_follows_a_
     off = {name: {"enabled": False} for name in ("normalize", "length", "heuristics", "exact_dedup", "near_dedup")}
     plan = build_plan(parse_config({**BASE, **off}, tmp_path))
     assert [(f.name, f.stages) for f in plan.flows] == [("filter", []), ("dedup", [])]  # filtered/, clean/ as ever
-    flows = {"all": {"output": "pairs", "stages": ["normalize", "length", "heuristics", "label", "exact_dedup", "near_dedup"]}}
+    flows = {
+        "all": {
+            "output": "pairs",
+            "stages": ["normalize", "length", "heuristics", "label", "exact_dedup", "near_dedup"],
+        }
+    }
     with pytest.raises(ConfigError, match="^flows.all.stages: exact_dedup reads all of its input twice, which label"):
         parse_config({**BASE, "label": {"model": "m"}, "flows": flows}, tmp_path)
-    flows = {"all": {"output": "pairs", "stages": ["normalize", "length", "heuristics", "exact_dedup", "near_dedup"], "export": True}}
+    flows = {
+        "all": {
+            "output": "pairs",
+            "stages": ["normalize", "length", "heuristics", "exact_dedup", "near_dedup"],
+            "export": True,
+        }
+    }
     with pytest.raises(ConfigError, match="^flows.all.export: the export needs instructions"):
         parse_config({**BASE, "flows": flows}, tmp_path)
 
