@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, TypeAdapter, field_validator, model_validator
 
 from kun_ray.config.base import (
     ConfigError,
@@ -244,9 +244,10 @@ def behaviour(model: BaseModel, defaults: Mapping[str, Any] | None = None) -> di
 
 
 def _json(value: Any) -> Any:
-    from pydantic import TypeAdapter
+    return _ANY.dump_python(value, mode="json")
 
-    return TypeAdapter(Any).dump_python(value, mode="json")
+
+_ANY = TypeAdapter(Any)
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:

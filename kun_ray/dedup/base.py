@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from kun_ray.stages.base import Verdicts, on_live_rows
+from kun_ray.stages.base import Stage, Verdicts, on_live_rows
 
 SEPARATOR = "\x1f"
 
@@ -70,3 +70,13 @@ def mark_duplicates(
         return Verdicts(rows, reasons, details)
 
     return on_live_rows(batch, stage, keep_or_reject)
+
+
+class DedupStage(Stage):
+    """What exact and near dedup declare alike: they need all of their input, and compare the
+    column their config names (the text, or the instruction in the final flow)."""
+
+    kind = "global"
+
+    def columns_read(self) -> dict[str, pa.DataType]:
+        return {self.config.column: pa.large_string() if self.config.column == "text" else pa.string()}

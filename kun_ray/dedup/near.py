@@ -22,8 +22,7 @@ from ray.data.aggregate import Count, Min
 from ray.data.expressions import col
 
 from kun_ray.config.base import CpuResources, since
-from kun_ray.dedup.base import live_keys, mark_duplicates, shuffle_partitions, source_ranks
-from kun_ray.stages.base import Stage
+from kun_ray.dedup.base import DedupStage, live_keys, mark_duplicates, shuffle_partitions, source_ranks
 
 
 class NearDedupConfig(CpuResources):
@@ -145,14 +144,10 @@ def _mark(batch: pa.Table, name: str, ranks: dict[str, int], keepers: dict[str, 
     return mark_duplicates(batch, name, "near_duplicate", ranks, lambda key, text: keepers.get(key), column)
 
 
-class NearDedup(Stage):
+class NearDedup(DedupStage):
     type = "near_dedup"
     config_model = NearDedupConfig
-    kind = "global"
     reasons = frozenset({"near_duplicate"})
-
-    def columns_read(self) -> dict[str, pa.DataType]:
-        return {self.config.column: pa.large_string() if self.config.column == "text" else pa.string()}
 
     def apply(self, stream: ray.data.Dataset) -> ray.data.Dataset:
         """Reject every live row whose column is near a row earlier in the stable order."""
