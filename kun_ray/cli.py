@@ -1,18 +1,24 @@
 """The `kun-ray` command. Thin: it parses arguments and calls the package's public functions.
 
-Exit codes: 0 done, 2 a config that cannot run (one line on stderr, no traceback), 1 anything else.
+Exit codes: 0 done, 2 a config that cannot run or a run folder another driver writes (one line
+on stderr, no traceback), 1 anything else.  `kun-ray run` prints its report on stdout and
+nothing else; logs and everything Ray and vLLM print go to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 import traceback
+from typing import TextIO
 
 from kun_ray.config import ConfigError, RunConfig
 from kun_ray.io.read import InputFile, plan_inputs
+from kun_ray.io.storage import unreachable_store
+from kun_ray.lease import LeaseHeld, LeaseLost
 from kun_ray.plan import build_plan, load_config
 from kun_ray.run import RunFolder, run_settings
 from kun_ray.secrets import RedactingFilter, redact
@@ -23,10 +29,13 @@ def _connect_ray() -> None:
     import ray
 
     if not ray.is_initialized():
+        from kun_ray import crash
+
+        options = {"runtime_env": {"env_vars": drill}} if (drill := crash.worker_env()) else {}
         if address := os.environ.get("RAY_ADDRESS"):
-            ray.init(address=address, logging_level=logging.WARNING)
+            ray.init(address=address, logging_level=logging.WARNING, **options)
         else:
-            ray.init(_node_ip_address="127.0.0.1", logging_level=logging.WARNING)
+            ray.init(_node_ip_address="127.0.0.1", logging_level=logging.WARNING, **options)
     cpus = int(ray.cluster_resources().get("CPU", 0))
     gpus = int(ray.cluster_resources().get("GPU", 0))
     print(
@@ -58,22 +67,40 @@ def _log_to_stderr() -> None:
     logger.propagate = False
 
 
-def _run(config: RunConfig, inputs: list[InputFile], progress: bool, fresh: bool, force: bool) -> int:
-    from kun_ray.pipeline import run
+def _stdout_for_the_report() -> TextIO:
+    """The run's stdout, for its report alone: from here on whatever else writes to stdout (Ray's
+    forwarded worker and raylet lines, a library's prints, in this process or its children) goes
+    to stderr instead, for the rest of the process."""
+    sys.stdout.flush()
+    report = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    return report
+
+
+def _run(config: RunConfig, inputs: list[InputFile], progress: bool, fresh: bool, force: bool, as_json: bool) -> int:
+    from kun_ray.pipeline import run, take_lease
     from kun_ray.report import format_flows, format_table
 
     if not fresh:  # before Ray starts: a run folder of another config stops here
         RunFolder.of(config).check(run_settings(config, inputs), force)
     _log_to_stderr()
-    _connect_ray()
-    import ray.data
+    with take_lease(config) as lease:  # before Ray starts: a folder another driver writes stops here
+        out = _stdout_for_the_report()
+        _connect_ray()
+        import ray.data
 
-    ray.data.DataContext.get_current().enable_progress_bars = progress
-    report = run(config, inputs, fresh=fresh, force=force)
-    print(format_table(report))
-    print()
-    print(format_flows(report))
-    print(f"\nrun folder: {report['output']}  ({report['wall_s']:.1f} s)")
+        ray.data.DataContext.get_current().enable_progress_bars = progress
+        report = run(config, inputs, fresh=fresh, force=force, lease=lease)
+    if as_json:
+        text = json.dumps(report, ensure_ascii=False, indent=2) + "\n"
+    else:
+        where = f"run folder: {report['output']}  ({report['wall_s']:.1f} s)"
+        text = f"{format_table(report)}\n\n{format_flows(report)}\n\n{where}\n"
+    try:
+        out.write(text)
+        out.flush()
+    except BrokenPipeError:  # `kun-ray run ... | head -2`: the reader has what it wanted
+        pass
     return 0
 
 
@@ -268,6 +295,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     run_cmd.add_argument("config", help="the run's YAML config")
     run_cmd.add_argument("--no-progress", action="store_true", help="hide Ray Data's progress bars")
+    run_cmd.add_argument(
+        "--json", action="store_true", help="print the report (report.json) on stdout instead of its tables"
+    )
     validate_cmd = commands.add_parser(
         "validate", parents=[overrides], help="check a config and list its input files, without running it"
     )
@@ -400,18 +430,24 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"{args.config}: {error}") from None
         if args.command == "validate":
             return _validate(config, inputs)
-        return _run(config, inputs, progress=not args.no_progress, fresh=args.fresh, force=args.force)
+        return _run(config, inputs, not args.no_progress, args.fresh, args.force, args.json)
+    except LeaseHeld as error:
+        print(f"kun-ray: {redact(str(error))}", file=sys.stderr)
+        return 2
     except ConfigError as error:
         print(f"kun-ray: config error: {redact(str(error))}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `kun-ray sql ... | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (JobError, RunNotFound, QueryError) as error:
+    except (JobError, RunNotFound, QueryError, LeaseLost) as error:
         print(f"kun-ray: {redact(str(error))}", file=sys.stderr)
         return 1
-    except Exception:  # a failed run: its traceback, with any secret a library quoted masked
-        print(redact(traceback.format_exc()), file=sys.stderr, end="")
+    except Exception as error:  # a failed run: its traceback, with any secret a library quoted masked
+        if line := unreachable_store(error):
+            print(f"kun-ray: {redact(line)}", file=sys.stderr)
+        else:
+            print(redact(traceback.format_exc()), file=sys.stderr, end="")
         return 1
 
 

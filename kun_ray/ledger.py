@@ -85,6 +85,8 @@ class BlockWriter:
     sums: tuple[str, ...] = ()
     #: The measure columns its reject rows keep, with their types (the plan's, up to this flow).
     measures: tuple[tuple[str, pa.DataType], ...] = ()
+    #: What its file names start with: the run's lease tag, so garbage collection knows its own files.
+    tag: str = ""
 
     def write(self, batch: pa.Table) -> dict[str, dict[str, Any]]:
         """Write a block's rows, per shard; for each shard, what was written (ShardCommit.add's part)."""
@@ -96,7 +98,7 @@ class BlockWriter:
     def write_shard(self, blocks: Iterable[pa.Table]) -> dict[str, Any]:
         """Write all of one shard's blocks as one Parquet file per folder, a row group per block
         (the read flow, which sees a whole file in one task); the shard's part."""
-        name = f"{uuid.uuid4().hex}.parquet"
+        name = self._name()
         writers: dict[str, pq.ParquetWriter] = {}
         commit = ShardCommit()
         try:
@@ -115,10 +117,13 @@ class BlockWriter:
 
     def _write_shard(self, rows: pa.Table) -> dict[str, Any]:
         files = []
-        for relpath, table in self._split(rows, f"{uuid.uuid4().hex}.parquet"):
+        for relpath, table in self._split(rows, self._name()):
             pq.write_table(table, self._target(relpath), filesystem=self.arrow_fs)
             files.append(relpath)
         return {**self._counts(rows), "files": files}
+
+    def _name(self) -> str:
+        return f"{self.tag}{uuid.uuid4().hex}.parquet"
 
     def _split(self, rows: pa.Table, name: str) -> list[tuple[str, pa.Table]]:
         """The rows kept, to the flow's output, and each stage's rejects, to rejects/<stage>/, as
@@ -180,9 +185,12 @@ def commit_key(shard: str) -> str:
 class Ledger:
     """One flow's commits, in <run>/_commits/<flow>/: which shards are done, their files and counts."""
 
-    def __init__(self, folder: Any, flow: str, stages: list[str] | None = None):
+    def __init__(self, folder: Any, flow: str, stages: list[str] | None = None, lease: Any = None):
         self.folder = folder
         self.flow = flow
+        #: The run's lease (kun_ray/lease.py): confirmed before each commit, and garbage
+        #: collection spares files younger than it.
+        self.lease = lease
         #: The flow's stages in the order they run, recorded with every commit for readers of the run.
         self.stages = list(stages or [])
         self.shards: dict[str, ShardCommit] = {}
@@ -199,6 +207,8 @@ class Ledger:
         """Record shards as done: one file per shard, or one for the whole flow."""
         key = WHOLE if whole else commit_key(next(iter(shards)))
         assert whole or len(shards) == 1
+        if self.lease is not None:
+            self.lease.confirm()
         payload = {"stages": self.stages, "shards": {s: c.to_json() for s, c in shards.items()}}
         self.folder.write_json(f"_commits/{self.flow}/{key}.json", payload)
         self.shards.update(shards)
@@ -226,9 +236,17 @@ class Ledger:
         return total
 
     def collect_garbage(self, folders: list[str]) -> int:
-        """Delete the files in `folders` that no commit names (a crashed or retried write's); how many."""
+        """Delete the files in `folders` that no commit names (a crashed or retried write's): those
+        older than the run's lease and this run's own (named with its tag), never a file younger
+        than the lease that another driver wrote; how many."""
         named = {f for commit in self.shards.values() for f in commit.files}
-        stray = [f for folder in folders for f in self.folder.list_files(folder) if f not in named]
+        found = {f: t for folder in folders for f, t in self.folder.list_modified(folder).items() if f not in named}
+        lease = self.lease
+        stray = [
+            f
+            for f, written in found.items()
+            if lease is None or written < lease.since or f.rsplit("/", 1)[-1].startswith(lease.tag)
+        ]
         self.folder.remove_files(stray)
         if stray:
             logger.info("%s: removed %d uncommitted files of an earlier attempt", self.flow, len(stray))

@@ -27,10 +27,11 @@ from typing import Any
 import pyarrow as pa
 import ray.data
 
-from kun_ray import __version__
+from kun_ray import __version__, crash
 from kun_ray.config.run import RunConfig
 from kun_ray.io.export import alpaca_rows, messages_rows
 from kun_ray.io.read import InputFile, file_blocks, input_files, plan_inputs
+from kun_ray.lease import Lease
 from kun_ray.ledger import BlockWriter, Ledger, ShardCommit, drain, write_block
 from kun_ray.llm.stage import LLMStage
 from kun_ray.plan import Flow, Plan, build_plan
@@ -53,18 +54,21 @@ def _read_and_write(batch: pa.Table, config: RunConfig, writer: BlockWriter) -> 
 class RunFlows:
     """One invocation of a run: its flows in order, each resuming from its commits."""
 
-    def __init__(self, config: RunConfig, plan: Plan, inputs: list[InputFile], fresh: bool, force: bool):
+    def __init__(self, config: RunConfig, plan: Plan, inputs: list[InputFile], lease: Lease, fresh: bool, force: bool):
         self.config = config
         self.plan = plan
         self.inputs = inputs
-        self.folder = RunFolder.of(config)
+        self.folder = lease.folder
+        self.lease = lease
+        self.folder.remove_partials(lease.since)
         self.manifest = self.folder.open(run_settings(config, inputs), plan.to_json(), fresh=fresh, force=force)
         self.stages: list[dict[str, Any]] = []
         self.flows: dict[str, dict[str, Any]] = {}
 
     def _writer(self, output: str, sums: tuple[str, ...] = ()) -> BlockWriter:
         """A flow's writer: kept rows to `output`, rejects with the plan's measures, totals of `sums`."""
-        return BlockWriter(self.folder.arrow_fs, self.folder.root.rstrip("/"), output, sums, self.plan.measures)
+        root = self.folder.root.rstrip("/")
+        return BlockWriter(self.folder.arrow_fs, root, output, sums, self.plan.measures, self.lease.tag)
 
     def _account(self, ledger: Ledger, extras: dict[str, dict[str, Any]], timing: dict[str, Any]) -> Ledger:
         """Add a flow's stages and timing to the report; the flow's ledger, for the flow after it."""
@@ -91,7 +95,7 @@ class RunFlows:
         }
 
     def read(self) -> Ledger:
-        ledger = Ledger(self.folder, READ_FLOW, [READ_FLOW])
+        ledger = Ledger(self.folder, READ_FLOW, [READ_FLOW], self.lease)
         pending = [f for f in self.inputs if f.shard not in ledger.shards]
         resumed, clock, done = len(ledger.shards), time.monotonic(), ShardCommit()
         folders = [READ_OUTPUT, f"rejects/{READ_FLOW}"]
@@ -130,7 +134,7 @@ class RunFlows:
     def flow(self, flow: Flow, upstream: Ledger, source: str) -> Ledger:
         """Run a flow: a flow of row stages commits shard by shard, one with a global stage
         (dedup) all of it at once, after its export if it has one."""
-        ledger = Ledger(self.folder, flow.name, [stage.name for stage in flow.stages])
+        ledger = Ledger(self.folder, flow.name, [stage.name for stage in flow.stages], self.lease)
         folders = [flow.output, *(f"rejects/{stage.name}" for stage in flow.stages)]
         sums = tuple(stage.tokens_column for stage in flow.stages if isinstance(stage, LLMStage))
         clock, done = time.monotonic(), ShardCommit()
@@ -148,11 +152,13 @@ class RunFlows:
                     len(upstream.shards),
                     whole=True,
                 )
+                crash.point(f"{flow.name}:written")
                 if flow.export:
                     self.export(
+                        flow,
                         sorted(
                             f for commit in shards.values() for f in commit.files if f.startswith(flow.output + "/")
-                        )
+                        ),
                     )
                 ledger.commit(shards, whole=True)
                 ledger.collect_garbage(folders)
@@ -175,8 +181,8 @@ class RunFlows:
                 )
         return self._account(ledger, extras, timing)
 
-    def export(self, files: list[str]) -> None:
-        """The final flow's files as the JSONL formats the config asks for, replacing earlier exports."""
+    def export(self, flow: Flow, files: list[str]) -> None:
+        """The exporting flow's files as the JSONL formats the config asks for, replacing earlier exports."""
         final = self.folder.read_parquet(files)
         json_args = {"force_ascii": False}  # Chinese stays readable
         formats = self.config.final.formats
@@ -184,11 +190,17 @@ class RunFlows:
             self.folder.write_json_lines(
                 final.map_batches(alpaca_rows, batch_format="pyarrow"), "export/alpaca", json_args
             )
+            crash.point(f"{flow.name}:export")
         if "messages" in formats:
             rows = final.map_batches(
                 messages_rows, batch_format="pyarrow", fn_kwargs={"system_prompt": self.config.final.system_prompt}
             )
             self.folder.write_json_lines(rows, "export/messages", json_args)
+
+
+def take_lease(config: RunConfig) -> Lease:
+    """The lease on the config's run folder; LeaseHeld when another driver writes it."""
+    return Lease.take(RunFolder.of(config), config.output.lease_timeout_s)
 
 
 def _written(stream: ray.data.Dataset, writer: BlockWriter) -> Iterator[dict[str, Any]]:
@@ -201,21 +213,30 @@ def _parts(results: ray.data.Dataset) -> Iterator[dict[str, Any]]:
 
 
 def run(
-    config: RunConfig, inputs: list[InputFile] | None = None, fresh: bool = False, force: bool = False
+    config: RunConfig,
+    inputs: list[InputFile] | None = None,
+    fresh: bool = False,
+    force: bool = False,
+    lease: Lease | None = None,
 ) -> dict[str, Any]:
     """Run the config's plan on the current Ray cluster; returns the report also written to report.json.
 
     Over a run folder that already holds this config's run, it resumes: shards every flow has
     committed are not redone.  `fresh` starts over; `force` resumes a run of a changed config.
     `inputs` are the files `plan_inputs(config)` lists; they are listed here when not given.
+    The run holds the folder's lease (kun_ray/lease.py) throughout: taken here and given back at
+    the end, unless the caller took it (`lease`) and gives it back itself.
     """
+    if lease is None:
+        with take_lease(config) as lease:
+            return run(config, inputs, fresh, force, lease)
     started = datetime.now(UTC)
     clock = time.monotonic()
     inputs = plan_inputs(config) if inputs is None else inputs
     plan = build_plan(config)
     for stage in plan.stages():  # engines, tokenizers: config errors before any flow runs
         stage.prepare()
-    job = RunFlows(config, plan, inputs, fresh, force)
+    job = RunFlows(config, plan, inputs, lease, fresh, force)
     previous, source = job.read(), READ_OUTPUT
     for flow in plan.flows:
         if not any(previous.kept().values()):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,12 +36,13 @@ from typing import Any
 import pyarrow as pa
 import ray.data
 
-from kun_ray import __version__
+from kun_ray import __version__, crash
 from kun_ray.config.base import ConfigError, StorageOptions
 from kun_ray.config.run import RunConfig
 from kun_ray.io.read import InputFile
 from kun_ray.io.records import REJECT_FIELDS
-from kun_ray.io.storage import is_local, pyarrow_filesystem, url_to_fs
+from kun_ray.io.storage import is_local, modified, pyarrow_filesystem, url_to_fs
+from kun_ray.lease import parse
 from kun_ray.secrets import redact
 from kun_ray.stages.registry import DEFAULT_FLOWS, READ_FLOW, READ_OUTPUT
 
@@ -172,14 +174,25 @@ class RunFolder:
             return []
         return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(path, detail=False))
 
-    def list_files(self, relpath: str) -> list[str]:
-        """Every file under a folder, relative to the run folder."""
+    def list_files(self, relpath: str, before: float | None = None) -> list[str]:
+        """Every file under a folder, relative to the run folder; only those last modified before
+        `before` (seconds since the epoch, by the store's clock) when it is given."""
+        return sorted(p for p, t in self.list_modified(relpath).items() if before is None or t < before)
+
+    def list_modified(self, relpath: str) -> dict[str, float]:
+        """Every file under a folder, relative to the run folder, with when it was last written."""
         path = self.path(relpath)
         self.fs.invalidate_cache(path)
         if not self.fs.isdir(path):
-            return []
+            return {}
         base = self.root.rstrip("/") + "/"
-        return sorted(p[len(base) :] for p in self.fs.find(path))
+        found = self.fs.find(path, detail=True)
+        return {p[len(base) :]: modified(info) for p, info in found.items() if info.get("type") != "directory"}
+
+    def modified(self, relpath: str) -> float:
+        """When a file was last written, by the store's clock (seconds since the epoch)."""
+        self.fs.invalidate_cache(self.path(relpath))
+        return modified(self.fs.info(self.path(relpath)))
 
     def read_parquet(self, relpaths: list[str]) -> ray.data.Dataset:
         """Parquet files of the run folder, as written."""
@@ -202,6 +215,8 @@ class RunFolder:
             self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
             partial = f"{path}.{uuid.uuid4().hex}.partial"
             self.fs.pipe_file(partial, data)
+            if name.startswith("_commits/"):
+                crash.point(f"commit:{name.split('/')[1]}")
             self.fs.mv(partial, path)
         else:  # an object store's PUT is atomic
             self.fs.pipe_file(path, data)
@@ -209,6 +224,56 @@ class RunFolder:
     def read_json(self, name: str) -> dict[str, Any]:
         with self.fs.open(self.path(name), "r", encoding="utf-8") as f:
             return json.load(f)
+
+    def create_json(self, name: str, payload: dict[str, Any]) -> bool:
+        """Write a JSON file only if there is none, atomically; False when there is one.  On a
+        local disk a hard link of a complete file (which fails when the name exists), on object
+        storage a conditional put (If-None-Match: *)."""
+        data = redact(json.dumps(payload, ensure_ascii=False, indent=2)).encode("utf-8")
+        path = self.path(name)
+        if is_local(self.fs):
+            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            partial = f"{path}.{uuid.uuid4().hex}.partial"
+            self.fs.pipe_file(partial, data)
+            try:
+                os.link(partial, path)
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(partial)
+            return True
+        try:
+            self.fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            return False
+        return True
+
+    def read_lease(self, name: str) -> tuple[dict[str, Any] | None, float]:
+        """The holder in a lease file and the seconds since it was written; (None, 0) when there is none."""
+        path = self.path(name)
+        self.fs.invalidate_cache(path)
+        try:
+            data, written = self.fs.cat_file(path), modified(self.fs.info(path))
+        except FileNotFoundError:
+            return None, 0.0
+        return parse(data), max(0.0, datetime.now(UTC).timestamp() - written)
+
+    def remove_partials(self, before: float) -> None:
+        """Delete the half-written JSON files (`*.partial`) a crashed run left, older than `before`."""
+        found = self._root_files(before) + self.list_files("_commits", before)
+        partials = [p for p in found if p.endswith(".partial")]
+        self.remove_files(partials)
+
+    def _root_files(self, before: float) -> list[str]:
+        self.fs.invalidate_cache(self.root)
+        if not self.fs.isdir(self.root):
+            return []
+        base = self.root.rstrip("/") + "/"
+        return [
+            info["name"][len(base) :]
+            for info in self.fs.ls(self.root, detail=True)
+            if info.get("type") != "directory" and modified(info) < before
+        ]
 
     def clear(self, outputs: list[str]) -> None:
         """Remove what a run wrote here (--fresh): the flows' folders of the run here and of the

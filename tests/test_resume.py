@@ -94,10 +94,16 @@ def reference(ray_cluster, llm_config, tmp_path_factory) -> Path:
     return out
 
 
-def start_run(config: dict, out: Path, ray_address: str, *flags: str) -> subprocess.Popen:
+def start_run(
+    config: dict, out: Path, ray_address: str, *flags: str, crash_at: str | None = None, once: Path | None = None
+) -> subprocess.Popen:
+    """`kun-ray run` as a driver of its own on the test cluster; `crash_at` names a crash point
+    (kun_ray/crash.py) where it or its workers are SIGKILLed (only once with `once`)."""
     path = out.parent / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump({**config, "output": str(out)}, allow_unicode=True))
     env = {**os.environ, "RAY_ADDRESS": ray_address}
+    env.update({"KUN_RAY_CRASH_AT": crash_at} if crash_at else {})
+    env.update({"KUN_RAY_CRASH_ONCE": str(once)} if once else {})
     return subprocess.Popen(
         [sys.executable, "-m", "kun_ray.cli", "run", "--no-progress", *flags, str(path)],
         env=env,
@@ -126,8 +132,32 @@ def finish(process: subprocess.Popen) -> str:
     return out + err
 
 
-def test_driver_killed_mid_label_resumes_to_the_clean_output(ray_cluster, llm_config, reference, tmp_path):
+def exported(out: Path) -> dict[str, list[str]]:
+    return {
+        fmt.name: sorted(line for f in fmt.glob("*.json") for line in f.read_text().splitlines())
+        for fmt in (out / "export").iterdir()
+    }
+
+
+def test_a_driver_killed_everywhere_a_run_can_crash_resumes_to_the_clean_output(
+    ray_cluster, llm_config, reference, tmp_path
+):
+    """One run SIGKILLed at each point a driver can die, in the order a run reaches them, each
+    re-run resuming the one before: a commit half written, dedup written but not committed,
+    mid-label, the export half done; then a re-run finishes it, equal to the clean run."""
     out = tmp_path / "run"
+
+    def crash_at(point: str) -> None:
+        process = start_run(llm_config, out, ray_cluster, crash_at=point)
+        _, err = process.communicate(timeout=600)
+        assert process.returncode == -signal.SIGKILL, err[-3000:]
+
+    crash_at("commit:filter")
+    assert commits(out, "filter") == 0 and list((out / "_commits" / "filter").glob("*.partial"))
+    crash_at("dedup:written")
+    assert commits(out, "filter") == SHARDS and commits(out, "dedup") == 0 and list((out / "clean").glob("*"))
+    assert not list(out.rglob("*.partial"))  # the half-written commit is gone
+
     first = start_run(llm_config, out, ray_cluster)
     wait_for(lambda: commits(out, "label") >= 1, first)
     first.send_signal(signal.SIGKILL)
@@ -135,19 +165,22 @@ def test_driver_killed_mid_label_resumes_to_the_clean_output(ray_cluster, llm_co
     done_before = commits(out, "label")
     labelled_shards = commits(reference, "label")
     assert 1 <= done_before < labelled_shards, "the kill must land mid-stage"
-    assert commits(out, "final") == 0
+    assert commits(out, "dedup") == 1 and commits(out, "final") == 0
+
+    crash_at("final:export")
+    assert commits(out, "label") == labelled_shards and commits(out, "final") == 0
+    assert (out / "export" / "alpaca").is_dir() and not (out / "export" / "messages").exists()
 
     printed = finish(start_run(llm_config, out, ray_cluster))
     report = json.loads((out / "report.json").read_text())
-    label = report["flows"]["label"]
-    assert label["shards"] == labelled_shards and label["shards_resumed"] >= done_before
-    assert (
-        report["flows"]["read"]["shards_resumed"] == SHARDS and report["flows"]["read"]["rows"] == 0
-    )  # not read again
+    assert report["flows"]["label"]["shards"] == labelled_shards and report["flows"]["label"]["rows"] == 0
+    assert report["flows"]["read"]["shards_resumed"] == SHARDS and report["flows"]["read"]["rows"] == 0
     assert outputs(out) == outputs(reference)  # row for row: nothing lost, nothing twice
-    assert written_files(out) == committed_files(out)  # what the killed run left half-written is gone
+    assert exported(out) == exported(reference)
+    assert written_files(out) == committed_files(out)  # what the killed runs left half-written is gone
+    assert not list(out.rglob("*.partial")) and not (out / "_lease.json").exists()
     assert counts(json.loads((reference / "report.json").read_text())) == counts(report)
-    assert "label: " in printed
+    assert "final: " in printed
 
 
 def engine_actor_pid() -> int | None:
@@ -183,6 +216,19 @@ def cpu_run(ray_cluster, llm_config, tmp_path) -> tuple[dict, Path]:
     out = tmp_path / "cpu-run"
     run(parse_config({**config, "output": str(out)}))
     return config, out
+
+
+def test_a_filter_worker_killed_mid_batch_is_retried_and_the_run_completes(
+    ray_cluster, llm_config, reference, tmp_path
+):
+    out, once = tmp_path / "run", tmp_path / "killed-once"
+    config = {k: v for k, v in llm_config.items() if k != "label"}
+    finish(start_run(config, out, ray_cluster, crash_at="worker:length", once=once))
+    assert once.exists()  # a worker was killed in the middle of the length filter
+    cpu_folders = {name: rows for name, rows in outputs(reference).items() if name in outputs(out)}
+    assert set(cpu_folders) >= {"documents", "filtered", "clean", "rejects/length"}
+    assert outputs(out) == cpu_folders
+    assert written_files(out) == committed_files(out)
 
 
 def test_a_shard_written_but_not_committed_is_redone_once(cpu_run):

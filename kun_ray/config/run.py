@@ -61,6 +61,8 @@ class SourceConfig(StrictModel):
 class OutputConfig(StrictModel):
     path: str
     storage: StorageOptions | None = None
+    #: A run's lease on its folder (kun_ray/lease.py) with no heartbeat for this long is taken over.
+    lease_timeout_s: float = Field(default=300.0, gt=0)
 
 
 class ReadConfig(StrictModel):

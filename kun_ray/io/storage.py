@@ -7,7 +7,9 @@ them from the environment (AWS_ACCESS_KEY_ID, AWS_PROFILE, GOOGLE_APPLICATION_CR
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import fsspec
 import pyarrow.fs as pafs
@@ -23,7 +25,18 @@ IGNORED_NAME_PREFIXES = (".", "_")
 def filesystem_kwargs(url: str, options: StorageOptions) -> dict[str, Any]:
     protocol = get_protocol(url)
     if protocol in ("s3", "s3a"):
-        kwargs: dict[str, Any] = {"anon": options.anonymous}
+        # The one place a run's S3 retries and timeouts are set, bounded: botocore retries a
+        # request (5xx, SlowDown, connection errors) and s3fs retries what botocore gives up on
+        # or cannot see (a body cut off mid-read).
+        kwargs: dict[str, Any] = {
+            "anon": options.anonymous,
+            "retries": options.retries,
+            "config_kwargs": {
+                "retries": {"max_attempts": options.retries, "mode": "standard"},
+                "connect_timeout": options.connect_timeout_s,
+                "read_timeout": options.read_timeout_s,
+            },
+        }
         if options.endpoint_url:
             kwargs["endpoint_url"] = options.endpoint_url
         if options.region:
@@ -52,6 +65,38 @@ def to_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
+def modified(info: dict[str, Any]) -> float:
+    """When a file was last written (seconds since the epoch), from an fsspec `info` of any
+    filesystem: local `mtime`, S3 `LastModified`, GCS `updated`."""
+    for key in ("mtime", "LastModified", "updated", "last_modified"):
+        value = info.get(key)
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, datetime):
+            return value.timestamp()
+        if isinstance(value, str):
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    raise ValueError(f"{info.get('name')}: the store gave no modification time")
+
+
+def unreachable_store(error: BaseException) -> str | None:
+    """One line for an error that says an object store did not answer (after its retries), naming
+    its endpoint; None for any other error.  Ray's task errors carry the cause along."""
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+    except ImportError:  # no S3 support installed
+        return None
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, BotoConnectionError):
+            url = urlsplit(str(getattr(error, "kwargs", {}).get("endpoint_url") or ""))
+            where = f"{url.scheme}://{url.netloc}" if url.netloc else "the object store"
+            return f"cannot reach the object store at {where}: {type(error).__name__}"
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def pyarrow_filesystem(fs: fsspec.AbstractFileSystem) -> pafs.FileSystem:

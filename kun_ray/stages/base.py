@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from kun_ray import crash
 from kun_ray.config.base import CpuResources, StageConfig, StorageOptions
 
 if TYPE_CHECKING:
@@ -202,6 +203,7 @@ def filter_batch(batch: pa.Table, stage: RowFilter) -> pa.Table:
         return stage
 
     ready = loaded_once(stage.key, loaded)
+    crash.point(f"worker:{stage.name}")
     return on_live_rows(batch, stage.name, ready.keep_or_reject)
 
 
