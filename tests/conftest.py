@@ -19,8 +19,30 @@ S3_KEY, S3_SECRET = "kunray-test-key", "kunray-test-secret-7f3a"
 os.environ["AWS_ACCESS_KEY_ID"] = S3_KEY
 os.environ["AWS_SECRET_ACCESS_KEY"] = S3_SECRET
 
-S3_PORT = 8333
 BUCKETS = ("corpora", "runs")
+
+#: Fixtures that start something real: a Ray cluster, the S3 server, the smoke-test models.  A
+#: test that uses one, directly or through another fixture, is an integration test; the others
+#: are pure, and `make test-fast` runs only them.
+REAL = {"ray_cluster", "s3", "smoke_models", "ray_head"}
+#: `make test` runs the suite on parallel workers (pytest-xdist, --dist loadgroup), a module to a
+#: worker so its fixtures are built once; modules that share a session fixture go together.
+GROUPS = {"test_llm_pipeline": "kun_run", "test_query": "kun_run"}
+#: The longest groups first, so that no worker starts one of them last.
+LONGEST = ["test_resume", "test_jobs", "kun_run", "test_train", "test_pipeline", "test_resume_cpu"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def group(item: pytest.Item) -> str:
+        module = item.module.__name__ if item.module else item.nodeid.split("::")[0]
+        return GROUPS.get(module, module)
+
+    for item in items:
+        if REAL & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+        item.add_marker(pytest.mark.xdist_group(group(item)))
+    rank = {name: k for k, name in enumerate(LONGEST)}
+    items.sort(key=lambda item: rank.get(group(item), len(rank)))  # stable: each group keeps its order
 
 
 @pytest.fixture(scope="session")
@@ -81,6 +103,7 @@ def _port_open(port: int) -> bool:
 @dataclass
 class S3Server:
     endpoint: str
+    port: int
 
     def fs(self):
         import s3fs
@@ -91,12 +114,18 @@ class S3Server:
         return {"endpoint_url": self.endpoint}
 
 
+#: Every port `weed mini` listens on, each given a free one so that parallel test workers each run their own.
+WEED_PORTS = [
+    "s3.port", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance", "master.port", "master.port.grpc",
+    "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc", "admin.port", "admin.port.grpc",
+]  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory) -> S3Server:
-    """SeaweedFS's `weed mini` on 127.0.0.1, stopped by its own process id."""
+    """SeaweedFS's `weed mini` on 127.0.0.1, on free ports, stopped by its own process id."""
     weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
-    if _port_open(S3_PORT):
-        pytest.fail(f"port {S3_PORT} is taken on 127.0.0.1: stop whatever holds it before the S3 tests")
+    ports = dict(zip(WEED_PORTS, free_ports(len(WEED_PORTS))))
     data = tmp_path_factory.mktemp("seaweedfs")
     log = open(data / "weed.log", "wb")
     process = subprocess.Popen(
@@ -109,6 +138,7 @@ def s3(tmp_path_factory) -> S3Server:
             f"-bucket={','.join(BUCKETS)}",
             "-admin.ui=false",
             "-webdav=false",
+            *(f"-{flag}={port}" for flag, port in ports.items()),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -116,13 +146,13 @@ def s3(tmp_path_factory) -> S3Server:
         env={**os.environ, "AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET},
         start_new_session=True,
     )
-    server = S3Server(f"http://127.0.0.1:{S3_PORT}")
+    server = S3Server(f"http://127.0.0.1:{ports['s3.port']}", ports["s3.port"])
     try:
         deadline = time.monotonic() + 60
         while True:
             if process.poll() is not None:
                 pytest.fail(f"weed mini exited with {process.returncode}; see {data / 'weed.log'}")
-            if _port_open(S3_PORT):
+            if _port_open(server.port):
                 try:
                     if all(server.fs().exists(b) for b in BUCKETS):
                         break

@@ -116,7 +116,7 @@ def test_half_written_json_of_a_crashed_run_is_removed(tmp_path):
     assert [p.exists() for p in leftovers] == [False, False] and all(p.exists() for p in kept)
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.integration)])
 def any_folder(request, tmp_path):
     """A run folder on a local disk, and one on the test S3 server (SeaweedFS)."""
     if request.param == "local":

@@ -16,7 +16,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pytest
 import yaml
-from conftest import S3_KEY, S3_PORT, S3_SECRET
+from conftest import S3_KEY, S3_SECRET
 from corpus import build_corpus
 from faults import FaultProxy
 
@@ -200,11 +200,11 @@ def test_run_from_s3_to_s3(s3, corpus, s3_run, local_run):
 
 
 def test_a_run_through_a_flaky_store_equals_a_clean_run(s3, s3_run):
-    """Reading and writing S3 through a proxy that fails every fifth request (SlowDown, 500, a
+    """Reading and writing S3 through a proxy that fails every tenth request (SlowDown, 500, a
     connection dropped mid-upload, a stall past the read timeout): the run retries its way to
     the clean run's output, row for row."""
     config, report = s3_run
-    with FaultProxy(S3_PORT, every=5, stalls=2, stall_s=4) as proxy:
+    with FaultProxy(s3.port, every=10, stalls=2, stall_s=4) as proxy:
         storage = {"endpoint_url": proxy.endpoint, "retries": 6, "read_timeout_s": 2}
         flaky = run(parse_config({**config, "output": "s3://runs/flaky", "storage": storage}))
     assert set(proxy.faults) == {"slow_down", "internal_error", "dropped", "stall"}, proxy.faults

