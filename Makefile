@@ -37,12 +37,8 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# The suite on three parallel workers, a test module (or a group that shares a fixture) to a
-# worker, the longest first (tests/conftest.py): most of a test's time is Ray's and vLLM's
-# start-up latency, not CPU.  Each worker has its own Ray cluster and S3 server.
-WORKERS ?= 3
 test: $(VENV)/.installed browser lint
-	$(BIN)/pytest -n $(WORKERS) --dist loadgroup --no-loadscope-reorder
+	$(BIN)/pytest
 
 # The inner loop: the pure tests (no Ray, no S3 server, no model), in well under two minutes.
 test-fast: $(VENV)/.installed lint

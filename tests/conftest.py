@@ -25,24 +25,12 @@ BUCKETS = ("corpora", "runs")
 #: test that uses one, directly or through another fixture, is an integration test; the others
 #: are pure, and `make test-fast` runs only them.
 REAL = {"ray_cluster", "s3", "smoke_models", "ray_head"}
-#: `make test` runs the suite on parallel workers (pytest-xdist, --dist loadgroup), a module to a
-#: worker so its fixtures are built once; modules that share a session fixture go together.
-GROUPS = {"test_llm_pipeline": "kun_run", "test_query": "kun_run"}
-#: The longest groups first, so that no worker starts one of them last.
-LONGEST = ["test_resume", "test_jobs", "kun_run", "test_train", "test_pipeline", "test_resume_cpu"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    def group(item: pytest.Item) -> str:
-        module = item.module.__name__ if item.module else item.nodeid.split("::")[0]
-        return GROUPS.get(module, module)
-
     for item in items:
         if REAL & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
-        item.add_marker(pytest.mark.xdist_group(group(item)))
-    rank = {name: k for k, name in enumerate(LONGEST)}
-    items.sort(key=lambda item: rank.get(group(item), len(rank)))  # stable: each group keeps its order
 
 
 @pytest.fixture(scope="session")
@@ -114,7 +102,7 @@ class S3Server:
         return {"endpoint_url": self.endpoint}
 
 
-#: Every port `weed mini` listens on, each given a free one so that parallel test workers each run their own.
+#: Every port `weed mini` listens on, each given a free one: nothing else on the machine is in the way.
 WEED_PORTS = [
     "s3.port", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance", "master.port", "master.port.grpc",
     "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc", "admin.port", "admin.port.grpc",

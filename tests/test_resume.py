@@ -87,11 +87,12 @@ def test_a_driver_killed_everywhere_a_run_can_crash_resumes_to_the_clean_output(
     labelled_shards = commits(reference, "label")
     first = start_run(llm_config, out, ray_cluster)
     wait_for(lambda: commits(out, "label") >= 1, first)
-    engine = engine_actor_pid()  # a lost engine worker: Ray restarts the actor and the run goes on
+    engine = engine_actor_pid()  # a lost engine worker: Ray restarts the actor, the run goes on
     assert engine is not None
     os.kill(engine, signal.SIGKILL)
     killed_at = commits(out, "label")
-    wait_for(lambda: commits(out, "label") > killed_at, first)
+    assert killed_at < labelled_shards, "the engine kill must land mid-stage"
+    wait_for(lambda: commits(out, "label") > killed_at, first)  # the restarted engine labels
     assert engine_actor_pid() not in (None, engine)
     first.send_signal(signal.SIGKILL)  # then the driver itself, mid-label
     first.wait()
