@@ -92,7 +92,7 @@ def _run(config: RunConfig, inputs: list[InputFile], progress: bool, fresh: bool
         ray.data.DataContext.get_current().enable_progress_bars = progress
         report = run(config, inputs, fresh=fresh, force=force, lease=lease)
     if as_json:
-        text = json.dumps(report, ensure_ascii=False, indent=2) + "\n"
+        text = redact(json.dumps(report, ensure_ascii=False, indent=2)) + "\n"
     else:
         where = f"run folder: {report['output']}  ({report['wall_s']:.1f} s)"
         text = f"{format_table(report)}\n\n{format_flows(report)}\n\n{where}\n"

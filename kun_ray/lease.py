@@ -65,9 +65,13 @@ def _ray_job_id() -> str | None:
 class Lease:
     """The lease a driver holds on a run folder (a kun_ray.run.RunFolder)."""
 
-    def __init__(self, folder: Any, holder: dict[str, Any], since: float, heartbeat_s: float):
+    def __init__(
+        self, folder: Any, holder: dict[str, Any], since: float, heartbeat_s: float, stale: str | None = None
+    ):
         self.folder = folder
         self.holder = holder
+        #: The token of the crashed driver's lease this one took over: its files are garbage at any age.
+        self.stale = stale
         #: When the lease file was made, by the store's clock: files older than this are earlier drivers'.
         self.since = since
         self.heartbeat_s = heartbeat_s
@@ -82,7 +86,11 @@ class Lease:
     @property
     def tag(self) -> str:
         """What the names of the files written under this lease start with."""
-        return f"{self.token[:12]}-"
+        return tag(self.token)
+
+    def owns(self, name: str) -> bool:
+        """Whether a file name is of this run or of the crashed run whose lease it took over."""
+        return name.startswith(self.tag) or (self.stale is not None and name.startswith(tag(self.stale)))
 
     @classmethod
     def take(cls, folder: Any, timeout_s: float = 300.0, heartbeat_s: float = HEARTBEAT_S) -> Lease:
@@ -95,22 +103,32 @@ class Lease:
             "started": _now(),
             "heartbeat": _now(),
         }
+        stale: str | None = None
         for _ in range(3):
-            if folder.create_json(LEASE, holder):
-                lease = cls(folder, holder, folder.modified(LEASE), heartbeat_s)
+            created = folder.create_json(LEASE, holder)
+            current, age = folder.read_lease(LEASE)
+            if created or (current or {}).get("token") == holder["token"]:  # a retried put that had landed
+                try:
+                    lease = cls(folder, holder, folder.modified(LEASE), heartbeat_s, stale)
+                except BaseException:
+                    folder.remove(LEASE)
+                    raise
                 lease._start()
                 return lease
-            current, age = folder.read_lease(LEASE)
             if current is None:  # given back meanwhile
                 continue
             why = cls._stale(current, age, timeout_s)
             if why is None:
                 raise LeaseHeld(f"{folder.url} is being written by another run: {cls.describe(current, age)}")
+            # Of the drivers that found this lease stale, the one that makes its takeover marker removes it.
+            if not folder.create_json(takeover_marker(current), {"by": holder["token"]}):
+                continue
             again, _ = folder.read_lease(LEASE)
-            if again is None or again.get("token") != current.get("token"):  # someone took it over meanwhile
+            if again is None or again.get("token") != current.get("token"):
                 continue
             logger.warning("%s: taking over the lease of %s (%s)", folder.url, cls.describe(current, age), why)
             folder.remove(LEASE)
+            stale = current.get("token")
         current, age = folder.read_lease(LEASE)
         raise LeaseHeld(f"{folder.url} is being written by another run: {cls.describe(current or {}, age)}")
 
@@ -137,15 +155,21 @@ class Lease:
         current, _ = self.folder.read_lease(LEASE)
         if current is None or current.get("token") != self.token:
             self.lost = True
-            holder = self.describe(current, 0) if current else "no one (the lease file was removed)"
+            holder = self.describe(current, 0) if current is not None else "no one (the lease file was removed)"
             raise LeaseLost(
                 f"{self.folder.url}: this run's lease was taken over by {holder}; stopping before it commits anything"
             )
 
     def beat(self) -> None:
-        """Rewrite the lease with a fresh heartbeat, if it is still this run's."""
+        """A fresh heartbeat, if the lease is still this run's: on a local disk the lease file's
+        time alone (it cannot bring back a lease another driver replaced), elsewhere the lease
+        rewritten; rewritten too once the Ray job id is known."""
         self.confirm()
-        self.holder.update(heartbeat=_now(), ray_job_id=self.holder["ray_job_id"] or _ray_job_id())
+        job = self.holder["ray_job_id"] or _ray_job_id()
+        if self.folder.is_local and job == self.holder["ray_job_id"]:
+            self.folder.touch(LEASE)
+            return
+        self.holder.update(heartbeat=_now(), ray_job_id=job)
         self.folder.write_json(LEASE, self.holder)
 
     def _start(self) -> None:
@@ -171,6 +195,8 @@ class Lease:
             current, _ = self.folder.read_lease(LEASE)
             if current is not None and current.get("token") == self.token:
                 self.folder.remove(LEASE)
+            if self.stale is not None:
+                self.folder.remove(takeover_marker({"token": self.stale}))
         except Exception as error:
             logger.warning("%s: could not remove the lease: %s", self.folder.url, error)
 
@@ -179,6 +205,15 @@ class Lease:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def tag(token: str) -> str:
+    return f"{token[:12]}-"
+
+
+def takeover_marker(holder: dict[str, Any]) -> str:
+    """The file a driver makes, exclusively, to take over a stale lease: one taker per lease."""
+    return f"{LEASE}.takeover-{holder.get('token') or 'unknown'}"
 
 
 def parse(data: bytes) -> dict[str, Any]:

@@ -245,7 +245,7 @@ class Ledger:
         stray = [
             f
             for f, written in found.items()
-            if lease is None or written < lease.since or f.rsplit("/", 1)[-1].startswith(lease.tag)
+            if lease is None or written < lease.since or lease.owns(f.rsplit("/", 1)[-1])
         ]
         self.folder.remove_files(stray)
         if stray:
@@ -298,6 +298,8 @@ def drain(
     committed = 0
     progress = Progress(ledger.flow, shards, progress_every_s)
     for parts in results:
+        if ledger.lease is not None and ledger.lease.lost:  # the heartbeat found it taken over
+            ledger.lease.confirm()
         for shard, part in parts.items():
             commit = open_shards.setdefault(shard, ShardCommit())
             commit.add(part)

@@ -60,6 +60,7 @@ class RunFlows:
         self.inputs = inputs
         self.folder = lease.folder
         self.lease = lease
+        lease.confirm()  # a driver whose lease was taken over while it prepared writes nothing
         self.folder.remove_partials(lease.since)
         self.manifest = self.folder.open(run_settings(config, inputs), plan.to_json(), fresh=fresh, force=force)
         self.stages: list[dict[str, Any]] = []
@@ -126,6 +127,7 @@ class RunFlows:
                 for before in flow.stages[:i]:
                     sample = before.apply(sample)
                 fixed[stage.name] = stage.fit(sample, rows)
+                self.lease.confirm()
                 self.folder.write_json(MANIFEST, self.manifest)
             stage.fixed = fixed.get(stage.name)
             stream = stage.apply(stream)
@@ -183,6 +185,7 @@ class RunFlows:
 
     def export(self, flow: Flow, files: list[str]) -> None:
         """The exporting flow's files as the JSONL formats the config asks for, replacing earlier exports."""
+        self.lease.confirm()
         final = self.folder.read_parquet(files)
         json_args = {"force_ascii": False}  # Chinese stays readable
         formats = self.config.final.formats
@@ -255,5 +258,6 @@ def run(
         },
         "stages": job.stages,
     }
+    lease.confirm()
     job.folder.write_json("report.json", report)
     return report

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -51,6 +52,9 @@ REPORT_PAGE = "report.html"  # kun-ray report
 #: What a run folder holds besides its flows' folders: what --fresh removes with them, and nothing else.
 RUN_FILES = ["export", "rejects", "_commits", "report.json", REPORT_PAGE, MANIFEST]
 
+
+#: The name of a half-written JSON file (write_json, create_json) that a crash left behind.
+PARTIAL = re.compile(r"(\.json\.[0-9a-f]{32}\.partial|^_lease\.json\.takeover-.*)$")
 
 #: kun-ray 0.1's name, in a manifest's `fixed`, for the perplexity stage's cut.
 LEGACY_CUT = "perplexity_cut"
@@ -199,6 +203,14 @@ class RunFolder:
         found = self.fs.find(path, detail=True)
         return {p[len(base) :]: modified(info) for p, info in found.items() if info.get("type") != "directory"}
 
+    @property
+    def is_local(self) -> bool:
+        return is_local(self.fs)
+
+    def touch(self, relpath: str) -> None:
+        """Set a local file's modification time to now."""
+        os.utime(self.path(relpath))
+
     def modified(self, relpath: str) -> float:
         """When a file was last written, by the store's clock (seconds since the epoch)."""
         self.fs.invalidate_cache(self.path(relpath))
@@ -249,6 +261,12 @@ class RunFolder:
                 os.link(partial, path)
             except FileExistsError:
                 return False
+            except OSError:  # a filesystem without hard links: an exclusive create (a reader may see it torn)
+                try:
+                    with open(path, "xb") as f:
+                        f.write(data)
+                except FileExistsError:
+                    return False
             finally:
                 os.unlink(partial)
             return True
@@ -273,9 +291,10 @@ class RunFolder:
         return parse(data), max(0.0, datetime.now(UTC).timestamp() - written)
 
     def remove_partials(self, before: float) -> None:
-        """Delete the half-written JSON files (`*.partial`) a crashed run left, older than `before`."""
+        """Delete the half-written JSON files (`*.partial`) a crashed run left, and the markers
+        of lease takeovers done (kun_ray/lease.py), older than `before`."""
         found = self._root_files(before) + self.list_files("_commits", before)
-        partials = [p for p in found if p.endswith(".partial")]
+        partials = [p for p in found if PARTIAL.search(p)]
         self.remove_files(partials)
 
     def _root_files(self, before: float) -> list[str]:

@@ -66,10 +66,12 @@ def test_a_lease_of_a_process_gone_from_this_host_is_taken_over_at_once(tmp_path
 def test_the_heartbeat_rewrites_the_lease_and_a_lost_lease_stops_commits(tmp_path):
     folder = RunFolder(str(tmp_path))
     lease = Lease.take(folder, heartbeat_s=0.05)
-    first = json.loads((tmp_path / LEASE).read_text())
+    long_ago = time.time() - 600
+    os.utime(tmp_path / LEASE, (long_ago, long_ago))
     deadline = time.monotonic() + 10
-    while json.loads((tmp_path / LEASE).read_text()) == first and time.monotonic() < deadline:
+    while folder.modified(LEASE) < long_ago + 60 and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert folder.read_lease(LEASE)[1] < 60  # the heartbeat renewed it
     assert json.loads((tmp_path / LEASE).read_text())["token"] == lease.token
     lease.release()
 
@@ -106,8 +108,11 @@ def test_garbage_collection_spares_files_younger_than_its_lease_unless_its_own(t
 def test_half_written_json_of_a_crashed_run_is_removed(tmp_path):
     folder = RunFolder(str(tmp_path))
     (tmp_path / "_commits" / "filter").mkdir(parents=True)
-    leftovers = [tmp_path / "manifest.json.0a1b.partial", tmp_path / "_commits" / "filter" / "x.json.2c3d.partial"]
-    kept = [tmp_path / "manifest.json", tmp_path / "_commits" / "filter" / "x.json"]
+    leftovers = [
+        tmp_path / f"manifest.json.{'0a' * 16}.partial",
+        tmp_path / "_commits" / "filter" / f"x.json.{'2c' * 16}.partial",
+    ]
+    kept = [tmp_path / "manifest.json", tmp_path / "_commits" / "filter" / "x.json", tmp_path / "notes.partial"]
     for path in leftovers + kept:
         path.write_text("{}")
         os.utime(path, (time.time() - 60, time.time() - 60))
@@ -152,3 +157,32 @@ def test_of_drivers_racing_for_one_folder_exactly_one_gets_the_lease(any_folder)
     assert holder["token"] == winners[0].token and age < 60
     winners[0].release()
     assert folder.read_lease(LEASE) == (None, 0.0)
+
+
+def test_of_drivers_racing_to_take_over_one_stale_lease_exactly_one_gets_it(tmp_path):
+    """The driver that makes the takeover marker removes the stale lease: a slower one cannot
+    remove the new holder's lease instead."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    foreign_lease(RunFolder(str(tmp_path)), age_s=600)
+    start = Barrier(6)
+
+    def take() -> Lease | None:
+        folder = RunFolder(str(tmp_path))
+        start.wait()
+        try:
+            return Lease.take(folder)
+        except LeaseHeld:
+            return None
+
+    with ThreadPoolExecutor(6) as pool:
+        winners = [lease for lease in pool.map(lambda _: take(), range(6)) if lease is not None]
+    assert len(winners) == 1
+    assert json.loads((tmp_path / LEASE).read_text())["token"] == winners[0].token
+    winners[0].release()
+    left = {p.name for p in tmp_path.iterdir()}  # the takeover marker, if its maker lost the race to create
+    assert left <= {f"{LEASE}.takeover-{'f' * 32}"}
+    with Lease.take(RunFolder(str(tmp_path))) as lease:
+        RunFolder(str(tmp_path)).remove_partials(lease.since)
+    assert [p.name for p in tmp_path.iterdir()] == []

@@ -61,8 +61,9 @@ class SourceConfig(StrictModel):
 class OutputConfig(StrictModel):
     path: str
     storage: StorageOptions | None = None
-    #: A run's lease on its folder (kun_ray/lease.py) with no heartbeat for this long is taken over.
-    lease_timeout_s: float = Field(default=300.0, gt=0)
+    #: A run's lease on its folder (kun_ray/lease.py) with no heartbeat for this long is taken
+    #: over; at least three heartbeats (30 s each), so a live run's lease never looks stale.
+    lease_timeout_s: float = Field(default=300.0, ge=90)
 
 
 class ReadConfig(StrictModel):

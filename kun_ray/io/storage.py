@@ -31,7 +31,7 @@ def filesystem_kwargs(url: str, options: StorageOptions) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "anon": options.anonymous,
             "config_kwargs": {
-                "retries": {"max_attempts": options.retries, "mode": "standard"},
+                "retries": {"total_max_attempts": options.retries, "mode": "standard"},
                 "connect_timeout": options.connect_timeout_s,
                 "read_timeout": options.read_timeout_s,
             },
@@ -85,16 +85,17 @@ def unreachable_store(error: BaseException) -> str | None:
     its endpoint; None for any other error.  Ray's task errors carry the cause along."""
     try:
         from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import ReadTimeoutError
     except ImportError:  # no S3 support installed
         return None
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, BotoConnectionError):
+        if isinstance(error, BotoConnectionError | ReadTimeoutError):
             url = urlsplit(str(getattr(error, "kwargs", {}).get("endpoint_url") or ""))
             where = f"{url.scheme}://{url.netloc}" if url.netloc else "the object store"
             return f"cannot reach the object store at {where}: {type(error).__name__}"
-        error = error.__cause__ or error.__context__
+        error = error.__cause__ or error.__context__ or getattr(error, "cause", None)  # Ray's task errors
     return None
 
 
