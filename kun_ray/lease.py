@@ -3,13 +3,15 @@
 A run takes the lease before it does any work and gives it back when it ends.  The lease file
 is created exclusively (a hard link on a local disk, a conditional put, `If-None-Match: *`, on S3
 and GCS), so of two drivers started at once on one folder exactly one gets it; the other stops
-with one line naming the holder.  The holder rewrites the lease every `heartbeat_s` seconds.  A
+with one line naming the holder.  The holder renews the lease every `heartbeat_s` seconds (a
+local file's time, an object's rewrite).  A
 lease whose heartbeat is older than the output's `lease_timeout_s`, or whose holder was a process
 on this host that is gone, was left by a driver that crashed (a preempted head, a RayJob retry):
 the next run takes it over, and says so in the log.
 
 Two guards keep a driver that lost its lease (paused past the timeout, then woken) from harming
-the run that took it over: the holder confirms the lease is still its own before each commit,
+the run that took it over: the holder confirms the lease is still its own before each commit
+and each write that replaces or deletes what the run wrote (the manifest, --fresh, the export),
 and garbage collection deletes only the uncommitted files older than the lease it runs under and
 its own (their names start with the lease's tag), never a younger file of another driver.
 """
@@ -151,7 +153,7 @@ class Lease:
         )
 
     def confirm(self) -> None:
-        """LeaseLost unless the folder's lease is still this one (before each commit)."""
+        """LeaseLost unless the folder's lease is still this one (before each commit or replacing write)."""
         current, _ = self.folder.read_lease(LEASE)
         if current is None or current.get("token") != self.token:
             self.lost = True

@@ -143,6 +143,11 @@ def with_reject_columns(batch: pa.Table) -> pa.Table:
     return batch
 
 
+def json_bytes(payload: dict[str, Any]) -> bytes:
+    """A run folder's JSON file as written: indented, Chinese readable, secrets masked."""
+    return redact(json.dumps(payload, ensure_ascii=False, indent=2)).encode("utf-8")
+
+
 def precondition_failed(error: BaseException | None) -> bool:
     """Whether an object store refused a conditional write (HTTP 412 PreconditionFailed)."""
     while error is not None:
@@ -188,19 +193,21 @@ class RunFolder:
             return []
         return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(path, detail=False))
 
-    def list_files(self, relpath: str, before: float | None = None) -> list[str]:
-        """Every file under a folder, relative to the run folder; only those last modified before
-        `before` (seconds since the epoch, by the store's clock) when it is given."""
-        return sorted(p for p, t in self.list_modified(relpath).items() if before is None or t < before)
+    def list_files(self, relpath: str, before: float | None = None, maxdepth: int | None = None) -> list[str]:
+        """Every file under a folder (`""`: the run folder), relative to the run folder, at most
+        `maxdepth` levels down; only those last modified before `before` (seconds since the
+        epoch, by the store's clock) when it is given."""
+        found = self.list_modified(relpath, maxdepth)
+        return sorted(p for p, t in found.items() if before is None or t < before)
 
-    def list_modified(self, relpath: str) -> dict[str, float]:
+    def list_modified(self, relpath: str, maxdepth: int | None = None) -> dict[str, float]:
         """Every file under a folder, relative to the run folder, with when it was last written."""
-        path = self.path(relpath)
+        path = self.path(relpath) if relpath else self.root.rstrip("/")
         self.fs.invalidate_cache(path)
         if not self.fs.isdir(path):
             return {}
         base = self.root.rstrip("/") + "/"
-        found = self.fs.find(path, detail=True)
+        found = self.fs.find(path, maxdepth=maxdepth, detail=True)
         return {p[len(base) :]: modified(info) for p, info in found.items() if info.get("type") != "directory"}
 
     @property
@@ -229,14 +236,19 @@ class RunFolder:
         self.remove(name)
         dataset.write_json(self.path(*name.split("/")), filesystem=self.arrow_fs, **json_args)
 
+    def _partial(self, path: str, data: bytes) -> str:
+        """A local file's whole content written beside it under a fresh `*.partial` name, for a
+        rename or a hard link to publish at once."""
+        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        partial = f"{path}.{uuid.uuid4().hex}.partial"
+        self.fs.pipe_file(partial, data)
+        return partial
+
     def write_json(self, name: str, payload: dict[str, Any]) -> None:
         """Write a JSON file atomically: a reader (or a resumed run) sees all of it or none."""
-        data = redact(json.dumps(payload, ensure_ascii=False, indent=2)).encode("utf-8")
-        path = self.path(name)
+        data, path = json_bytes(payload), self.path(name)
         if is_local(self.fs):
-            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-            partial = f"{path}.{uuid.uuid4().hex}.partial"
-            self.fs.pipe_file(partial, data)
+            partial = self._partial(path, data)
             if name.startswith("_commits/"):
                 crash.point(f"commit:{name.split('/')[1]}")
             self.fs.mv(partial, path)
@@ -251,12 +263,9 @@ class RunFolder:
         """Write a JSON file only if there is none, atomically; False when there is one.  On a
         local disk a hard link of a complete file (which fails when the name exists), on object
         storage a conditional put (If-None-Match: *)."""
-        data = redact(json.dumps(payload, ensure_ascii=False, indent=2)).encode("utf-8")
-        path = self.path(name)
+        data, path = json_bytes(payload), self.path(name)
         if is_local(self.fs):
-            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-            partial = f"{path}.{uuid.uuid4().hex}.partial"
-            self.fs.pipe_file(partial, data)
+            partial = self._partial(path, data)
             try:
                 os.link(partial, path)
             except FileExistsError:
@@ -293,20 +302,8 @@ class RunFolder:
     def remove_partials(self, before: float) -> None:
         """Delete the half-written JSON files (`*.partial`) a crashed run left, and the markers
         of lease takeovers done (kun_ray/lease.py), older than `before`."""
-        found = self._root_files(before) + self.list_files("_commits", before)
-        partials = [p for p in found if PARTIAL.search(p)]
-        self.remove_files(partials)
-
-    def _root_files(self, before: float) -> list[str]:
-        self.fs.invalidate_cache(self.root)
-        if not self.fs.isdir(self.root):
-            return []
-        base = self.root.rstrip("/") + "/"
-        return [
-            info["name"][len(base) :]
-            for info in self.fs.ls(self.root, detail=True)
-            if info.get("type") != "directory" and modified(info) < before
-        ]
+        found = self.list_files("", before, maxdepth=1) + self.list_files("_commits", before)
+        self.remove_files([p for p in found if PARTIAL.search(p)])
 
     def clear(self, outputs: list[str]) -> None:
         """Remove what a run wrote here (--fresh): the flows' folders of the run here and of the

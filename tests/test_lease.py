@@ -26,6 +26,25 @@ def foreign_lease(folder: RunFolder, age_s: float, host: str = "other-host", pid
     os.utime(folder.path(LEASE), (stamp, stamp))
 
 
+def race(folder, drivers: int = 6) -> list[Lease]:
+    """The leases that `drivers` threads, let go at once, each with its own `folder()`, got."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    start = Barrier(drivers)
+
+    def take(_: int) -> Lease | None:
+        mine = folder()
+        start.wait()
+        try:
+            return Lease.take(mine)
+        except LeaseHeld:
+            return None
+
+    with ThreadPoolExecutor(drivers) as pool:
+        return [lease for lease in pool.map(take, range(drivers)) if lease is not None]
+
+
 def test_a_second_driver_is_refused_with_one_line_naming_the_holder(tmp_path):
     folder = RunFolder(str(tmp_path / "run"))
     with Lease.take(folder) as lease:
@@ -135,22 +154,7 @@ def any_folder(request, tmp_path):
 
 def test_of_drivers_racing_for_one_folder_exactly_one_gets_the_lease(any_folder):
     """The lease file is created exclusively: a hard link locally, If-None-Match on S3."""
-    from concurrent.futures import ThreadPoolExecutor
-    from threading import Barrier
-
-    start = Barrier(6)
-
-    def take() -> Lease | None:
-        folder = any_folder()
-        start.wait()
-        try:
-            return Lease.take(folder)
-        except LeaseHeld:
-            return None
-
-    with ThreadPoolExecutor(6) as pool:
-        leases = list(pool.map(lambda _: take(), range(6)))
-    winners = [lease for lease in leases if lease is not None]
+    winners = race(any_folder)
     assert len(winners) == 1
     folder = any_folder()
     holder, age = folder.read_lease(LEASE)
@@ -162,22 +166,8 @@ def test_of_drivers_racing_for_one_folder_exactly_one_gets_the_lease(any_folder)
 def test_of_drivers_racing_to_take_over_one_stale_lease_exactly_one_gets_it(tmp_path):
     """The driver that makes the takeover marker removes the stale lease: a slower one cannot
     remove the new holder's lease instead."""
-    from concurrent.futures import ThreadPoolExecutor
-    from threading import Barrier
-
     foreign_lease(RunFolder(str(tmp_path)), age_s=600)
-    start = Barrier(6)
-
-    def take() -> Lease | None:
-        folder = RunFolder(str(tmp_path))
-        start.wait()
-        try:
-            return Lease.take(folder)
-        except LeaseHeld:
-            return None
-
-    with ThreadPoolExecutor(6) as pool:
-        winners = [lease for lease in pool.map(lambda _: take(), range(6)) if lease is not None]
+    winners = race(lambda: RunFolder(str(tmp_path)))
     assert len(winners) == 1
     assert json.loads((tmp_path / LEASE).read_text())["token"] == winners[0].token
     winners[0].release()
