@@ -161,6 +161,7 @@ def as_rejects(batch: pa.Table, measures: tuple[tuple[str, pa.DataType], ...] = 
             "doc_id": batch["doc_id"],
             "source": batch["source"],
             "shard": batch["shard"],
+            "record": column_or_nulls(batch, "record", pa.int64()),
             "stage": batch["reject_stage"],
             "reason": batch["reject_reason"],
             "detail": batch["reject_detail"],

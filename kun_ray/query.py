@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     import ray.data
 
 #: Columns a trace shows as a document's own, not as something a stage added.
-IDENTITY = ("doc_id", "source", "shard", "text", "title", "meta")
+IDENTITY = ("doc_id", "source", "shard", "record", "text", "title", "meta")
 
 
 class RunNotFound(LookupError):

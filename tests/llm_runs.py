@@ -18,7 +18,14 @@ KUN_MAX_PPL = 150.0
 LLM_REASONS = {
     "label": {"empty_instruction", "instruction_keyword", "instruction_repetition", "inference_error"},
     "score": {"score_below_min", "unparseable_score", "inference_error"},
-    "polish": {"answer_too_short", "answer_keyword", "answer_repetition", "inference_error"},
+    "polish": {
+        "answer_too_short",
+        "answer_keyword",
+        "answer_repetition",
+        "repeated_lines",
+        "prompt_too_long",
+        "inference_error",
+    },
     "instruction_exact_dedup": {"exact_duplicate"},
     "instruction_near_dedup": {"near_duplicate"},
 }

@@ -16,7 +16,16 @@ from kun_ray.clean.length import Length, LengthConfig, length_verdict
 from kun_ray.clean.normalize import normalize_text
 from kun_ray.clean.perplexity import PerplexityScorer, ccnet_normalize, quantile_cut
 from kun_ray.config import ConfigError, StorageOptions
-from kun_ray.dedup.near import NearDedupConfig, band_keys, group_keepers, lsh_bands, shingle_hashes
+from kun_ray.dedup.near import (
+    NearDedupConfig,
+    band_keys,
+    detection,
+    first_keepers,
+    jaccard,
+    lsh_bands,
+    shingle_hashes,
+    shingle_sets,
+)
 from kun_ray.io.records import STREAM_SCHEMA
 from kun_ray.pipeline import run
 from kun_ray.plan import parse_config
@@ -198,10 +207,14 @@ def test_stages_leave_rows_rejected_earlier_alone():
 # --- near dedup --------------------------------------------------------------------------
 
 
-def test_lsh_parameters_for_the_default_threshold():
-    bands, rows = lsh_bands(0.8, 128)
-    assert bands * rows <= 128
-    assert (1 / bands) ** (1 / rows) == pytest.approx(0.8, abs=0.05)
+def test_lsh_bands_find_a_pair_at_the_threshold_with_the_recall_asked():
+    for threshold, recall in [(0.8, 0.999), (0.7, 0.999), (0.9, 0.99), (0.5, 0.9999)]:
+        bands, rows = lsh_bands(threshold, 128, recall)
+        assert bands * rows <= 128 and detection(threshold, bands, rows) >= recall
+        # the fewest bands of that width that reach the recall
+        assert detection(threshold, bands - 1, rows) < recall
+    assert lsh_bands(0.8, 128) == (18, 5)  # the default: a pair at 0.8 is found 99.92% of the time
+    assert detection(0.85, 18, 5) > 0.9999 and detection(0.5, 18, 5) < 0.5
 
 
 def test_near_duplicates_share_a_band_and_distinct_texts_do_not():
@@ -214,9 +227,19 @@ def test_near_duplicates_share_a_band_and_distinct_texts_do_not():
     assert not set(band_keys(LONG, config)) & set(band_keys(ZH[2] * 3, config))
 
 
-def test_group_keepers_joins_chains_and_keeps_the_smallest():
-    keepers = group_keepers([("c", "b"), ("b", "a"), ("e", "d")])
-    assert keepers == {"a": "a", "b": "a", "c": "a", "d": "d", "e": "d"}
+def test_jaccard_of_the_character_ngram_sets():
+    x, y = shingle_sets(["abcdefg", "abcdxyz"], 3)
+    # abc bcd cde def efg / abc bcd cdx dxy xyz: 2 shared of 8
+    assert jaccard(x, y) == pytest.approx(2 / 8) and jaccard(x, x) == 1.0
+
+
+def test_first_keepers_remove_nothing_for_being_like_a_removed_document():
+    # a~b and b~c but not a~c: a is kept, b is a's duplicate, c is kept (only like b, which went)
+    assert first_keepers([("b", "a"), ("c", "b")]) == {"b": "a"}
+    # a star: every other member is like a
+    assert first_keepers([("b", "a"), ("c", "a"), ("d", "a")]) == {"b": "a", "c": "a", "d": "a"}
+    # d is like b (removed) and c (kept): it is c's duplicate; e~f apart
+    assert first_keepers([("b", "a"), ("d", "b"), ("d", "c"), ("f", "e")]) == {"b": "a", "d": "c", "f": "e"}
 
 
 # --- config --------------------------------------------------------------------------------

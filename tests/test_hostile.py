@@ -24,8 +24,8 @@ from kun_ray.clean.normalize import normalize_text
 from kun_ray.config import ReadConfig, SourceConfig, StorageOptions
 from kun_ray.io.read import InputFile, read_file
 from kun_ray.io.records import STREAM_SCHEMA
-from kun_ray.llm.label import LabelConfig, clean_instruction, instruction_verdict
-from kun_ray.llm.polish import PolishConfig, answer_verdict
+from kun_ray.llm.label import LabelConfig, as_written, instruction_verdict
+from kun_ray.llm.polish import PolishConfig, answer_verdict, clean_instruction
 from kun_ray.llm.score import expected_value, parse_kun_verdict, parse_rating
 from kun_ray.pipeline import run
 from kun_ray.plan import parse_config
@@ -163,14 +163,16 @@ TEXT = st.lists(st.text(max_size=40) | st.sampled_from(PIECES), max_size=30).map
 def test_text_functions_never_raise(text):
     assert isinstance(normalize_text(text), str)
     assert Heuristics.build().verdict(text)[0] in {None, "repeated_unit", "repeated_lines", "whitespace_run"}
-    label = LabelConfig(model="m")
-    assert instruction_verdict(clean_instruction(text), label)[0] in {
+    label = LabelConfig(model="m", max_unit_repeats=5)
+    assert instruction_verdict(as_written(text), label)[0] in {
         None,
         "empty_instruction",
         "instruction_keyword",
         "instruction_repetition",
     }
-    assert answer_verdict(text.strip(), PolishConfig(model="m"))[0] in {
+    instruction, reason = clean_instruction(text)
+    assert isinstance(instruction, str) and reason in {None, "repeated_lines"}
+    assert answer_verdict(text, PolishConfig(model="m"))[0] in {
         None,
         "answer_too_short",
         "answer_keyword",
@@ -190,7 +192,8 @@ def test_expected_value_of_any_logprobs_is_a_score_or_none(logprobs):
 
 @pytest.mark.parametrize("char", ["啊", "a", "。", "😀", "\x00"])
 def test_an_instruction_or_answer_of_one_repeated_character_is_rejected(char):
-    assert instruction_verdict(clean_instruction(char * 40), LabelConfig(model="m"))[0] == "instruction_repetition"
+    repeats = LabelConfig(model="m", max_unit_repeats=5)
+    assert instruction_verdict(as_written(char * 40), repeats)[0] == "instruction_repetition"
     assert answer_verdict(char * 200, PolishConfig(model="m"))[0] == "answer_repetition"
 
 

@@ -19,6 +19,7 @@ from kun_ray.config import StorageOptions
 from kun_ray.dedup.exact import ExactDedup, ExactDedupConfig
 from kun_ray.dedup.near import NearDedup, NearDedupConfig
 from kun_ray.io.records import STREAM_SCHEMA
+from kun_ray.llm.engine import ERROR_COLUMN
 from kun_ray.stages.base import RunContext
 
 
@@ -232,24 +233,39 @@ def test_final_dedup_on_the_instruction(ray_cluster):
 # --- the engine's own work, without starting vLLM ----------------------------------------
 
 
-def test_polish_cuts_the_text_to_max_text_tokens_of_the_models_tokenizer(smoke_models):
+def test_the_engine_cuts_with_the_models_tokenizer_and_applies_its_chat_template(smoke_models):
     from transformers import AutoTokenizer
 
     from kun_ray.llm.engine import Engine
     from kun_ray.llm.polish import PolishConfig, PolishTask
 
-    config = PolishConfig(model=str(smoke_models["chat_model"]), max_text_tokens=5, device="cpu")
+    tokenizer = AutoTokenizer.from_pretrained(str(smoke_models["chat_model"]))
+    config = PolishConfig(model=str(smoke_models["chat_model"]), max_text_tokens=5, max_prompt_tokens=None, device="cpu")
     engine = Engine(PolishTask(config), config, StorageOptions(), "polish")
     row = engine.preprocess({"doc_id": "d", "text": OVERLONG, "instruction": "长江有多长？"})
-    tokenizer = AutoTokenizer.from_pretrained(str(smoke_models["chat_model"]))
     cut = engine.truncate(OVERLONG)
     assert OVERLONG.startswith(cut) and 0 < len(cut) <= 3  # three byte-level tokens a character, none split
     assert 5 <= len(tokenizer.encode(cut, add_special_tokens=False)) < 8
     assert engine.truncate(ZH[1]) == ZH[1] or len(tokenizer.encode(ZH[1], add_special_tokens=False)) > 5
-    prompt = row["messages"][0]["content"]
-    assert cut in prompt and OVERLONG not in prompt and "问题：长江有多长？" in prompt
+    prompt = row["prompt"]
+    assert cut in prompt and OVERLONG not in prompt and ",请回答:长江有多长？" in prompt
     assert row["text"] == OVERLONG  # the row keeps its whole text
-    assert row["sampling_params"]["max_tokens"] == 512 and row["sampling_params"]["temperature"] == 0.5
+    assert row["sampling_params"]["max_tokens"] == 1024 and row["sampling_params"]["temperature"] == 0.5
+    # In the model's chat template, as Ray Data LLM's chat template stage would write it.
+    messages = PolishTask(config).request({"text": cut, "instruction": "长江有多长？"}).messages
+    assert prompt == tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    # Kun's cut: the instruction's end, so that text + template + instruction fit max_prompt_tokens.
+    kun = PolishConfig(model=str(smoke_models["chat_model"]), max_prompt_tokens=40, device="cpu")
+    engine = Engine(PolishTask(kun), kun, StorageOptions(), "polish")
+    text, instruction = ZH[0][:10], "请详细介绍长江的长度、流经的地区以及它最后注入的海洋。" * 2
+    row = engine.preprocess({"doc_id": "d", "text": text, "instruction": instruction})
+    assert instruction.startswith(row["instruction"]) and row["instruction"] != instruction
+    frame = len(tokenizer.encode("已知：\n" + text + ",请回答:", add_special_tokens=False))
+    assert len(tokenizer.encode(row["instruction"], add_special_tokens=False)) <= 40 - frame
+    assert row["prompt"].count(text) == 1 and row["instruction"] in row["prompt"]
+    refused = engine.preprocess({"doc_id": "d", "text": OVERLONG, "instruction": instruction})
+    assert list(refused) == [ERROR_COLUMN] and "prompt_too_long" in refused[ERROR_COLUMN]
 
 
 def test_logprob_choices_must_be_single_tokens(smoke_models):

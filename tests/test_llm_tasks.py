@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import math
 
+import originals
 import pyarrow as pa
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kun_ray.config import ConfigError
 from kun_ray.io.export import alpaca_rows, messages_rows
-from kun_ray.llm.label import LabelConfig, LabelTask, clean_instruction
-from kun_ray.llm.polish import PolishConfig, PolishTask
+from kun_ray.llm.label import LabelConfig, LabelTask, as_written
+from kun_ray.llm.polish import PolishConfig, PolishTask, clean_instruction, starts_repeating
 from kun_ray.llm.score import ScoreConfig, ScoreTask, expected_value, parse_kun_verdict, parse_rating
 from kun_ray.plan import parse_config
 
@@ -23,34 +26,55 @@ TEXT = "长江是中国第一长河，全长约六千三百公里，流经青藏
 
 def test_kun_label_prompt_wraps_the_text_and_humpback_sends_it_alone():
     kun = LabelTask(LabelConfig(**MODEL, template="kun")).request({"text": TEXT})
-    assert kun.messages == [{"role": "user", "content": "请直接告诉我，以下回复最有可能对应的指令是什么：\n" + TEXT}]
+    assert kun.messages == [{"role": "user", "content": originals.KUN_LABEL_PROMPT + "\n" + TEXT}]
     humpback = LabelTask(LabelConfig(**MODEL, template="humpback")).request({"text": TEXT})
     assert humpback.messages == [{"role": "user", "content": TEXT}]
 
 
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        ("请介绍长江的概况。  \n", "请介绍长江的概况。"),
-        ("请介绍长江的概况。     然后模型开始胡言乱语", "请介绍长江的概况。"),  # cut at 5+ whitespace
-        ("请介绍长江。\n请介绍长江。\n它有多长？", "请介绍长江。\n它有多长？"),  # a duplicated line kept once
-        ("Describe the Yangtze river.\t\t\t\t\tjunk", "Describe the Yangtze river."),
-        ("   \n\n", ""),
-    ],
-)
-def test_clean_instruction(raw, expected):
-    assert clean_instruction(raw) == expected
-
-
-def test_label_parse_rejects_keywords_repetition_and_empty():
+def test_label_parse_keeps_the_instruction_as_written_and_rejects_keywords_and_empty():
     task = LabelTask(LabelConfig(**MODEL))
-    assert task.parse({}, "请介绍长江的概况。", None).reason is None
+    assert LabelConfig(**MODEL).keywords == originals.KUN_INSTRUCTION_KEYWORDS
+    padded = task.parse({}, "请介绍长江。  \n\n请介绍长江。 \n", None)  # the scorer judges it as written
+    assert padded.reason is None and padded.columns == {"instruction": "请介绍长江。  \n\n请介绍长江。"}
     keyword = task.parse({}, "请根据以下新闻写一个摘要。", None)
     assert (keyword.reason, keyword.detail) == ("instruction_keyword", "contains '新闻'")
     assert keyword.columns == {"instruction": "请根据以下新闻写一个摘要。"}
-    assert task.parse({}, "长江" + "哈" * 30, None).reason == "instruction_repetition"
+    assert task.parse({}, "长江" + "哈" * 30, None).reason is None  # Kun has no repetition filter here
+    repeats = LabelTask(LabelConfig(**MODEL, max_unit_repeats=5))  # ours, when asked for
+    assert repeats.parse({}, "长江" + "哈" * 30, None).reason == "instruction_repetition"
     empty = task.parse({}, "        ", None)
-    assert empty.reason == "empty_instruction" and empty.columns["instruction"] == ""
+    assert empty.reason == "empty_instruction"
+
+
+#: Kun's cleaning edge cases: (the label model's output, what Kun keeps: None for a dropped row).
+KUN_CLEANING_CASES = [
+    ("请介绍长江的概况。  \n", "请介绍长江的概况。"),
+    ("请介绍长江的概况。     然后模型开始胡言乱语", "请介绍长江的概况。"),  # cut at 5+ whitespace
+    ("Describe the Yangtze river.\t\t\t\t\tjunk", "Describe the Yangtze river."),
+    ("请介绍长江。\n请介绍长江。\n它有多长？", "请介绍长江。"),  # only the repeated line, which starts it
+    ("它有多长？\n请介绍长江。\n请介绍长江。", None),  # a repeated line that does not start it: dropped
+    ("A\nA\nBB\nBB", None),  # the longest repeated line (BB) does not start it
+    ("A\nA\n      junk", "A\nA"),  # cut first, then no line check
+    ("什么是排他性许可？ \n \n   -> 什么是  \n     什么是  \n ", "什么是排他性许可？"),  # the rubric's examples
+    ("什么是民窿？  \n\n什么是民窿？", "什么是民窿？"),
+    ("教育具有哪些社会发展功能？\n \n \n \n \n \n \n教育具有哪些社会发展功能？", "教育具有哪些社会发展功能？"),
+]
+
+
+@pytest.mark.parametrize(("raw", "kept"), KUN_CLEANING_CASES)
+def test_instruction_cleaning_is_kuns(raw, kept):
+    assert originals.kun_instruction_cleaning(raw) == kept  # the cases say what the original does
+    instruction, reason = clean_instruction(as_written(raw))
+    assert (None if reason == "repeated_lines" else instruction) == kept
+
+
+@given(st.text(alphabet=" \n\tAB长江", max_size=40))
+def test_instruction_cleaning_agrees_with_kuns_on_any_text(raw):
+    written = as_written(raw)
+    if not written.strip() or written[:5].isspace():
+        return  # Kun kept an empty instruction, and one opening with 5 spaces became empty: ours rejects or strips
+    instruction, reason = clean_instruction(written)
+    assert (None if reason == "repeated_lines" else instruction) == originals.kun_instruction_cleaning(raw)
 
 
 def test_label_keywords_are_configurable():
@@ -100,12 +124,11 @@ def test_parse_rating(answer, score):
 
 def test_score_modes_build_their_prompts():
     kun = ScoreTask(ScoreConfig(**MODEL)).request({"instruction": "长江有多长？", "text": TEXT})
-    assert len(kun.messages) == 1 and kun.messages[0]["content"].endswith("-【长江有多长？】答：")
-    assert "【好】的评判标准极为严格" in kun.messages[0]["content"] and TEXT not in kun.messages[0]["content"]
+    query = originals.KUN_SCORE_QUERY.format(instruction="长江有多长？")
+    assert kun.messages == [{"role": "user", "content": originals.KUN_SCORE_RUBRIC + "\n" + query}]
     pair = ScoreTask(ScoreConfig(**MODEL, mode="humpback_pair")).request({"instruction": "长江有多长？", "text": TEXT})
-    content = pair.messages[0]["content"]
-    assert 'write "Score: <rating>" in the last line' in content
-    assert content.index("长江有多长？") < content.index(TEXT)
+    rated = originals.HUMPBACK_CURATION.strip().format(generated_instruction="长江有多长？", response=TEXT)
+    assert pair.messages == [{"role": "user", "content": rated}]
 
 
 def test_score_verdicts_and_thresholds():
@@ -121,6 +144,21 @@ def test_score_verdicts_and_thresholds():
     assert pair.parse({}, "Score: 4", None).reason == "score_below_min"  # default 5, as Humpback's A5
     a4 = ScoreTask(ScoreConfig(**MODEL, mode="humpback_pair", min_score=4))
     assert a4.parse({}, "Score: 4", None).reason is None
+
+
+def test_the_logprob_cut_is_the_papers_a5_on_the_expected_rating():
+    rated = ScoreTask(ScoreConfig(**MODEL, mode="humpback_pair", method="logprobs"))
+    assert rated.config.threshold() == 4.5  # A5: an expected rating >= 4.5
+    high = rated.parse({}, "5", {"5": math.log(0.95), "4": math.log(0.05)})
+    assert high.reason is None and high.columns["score"] == pytest.approx(4.95)
+    assert rated.parse({}, "4", {"5": math.log(0.4), "4": math.log(0.6)}).reason == "score_below_min"  # 4.4
+    a4 = ScoreTask(ScoreConfig(**MODEL, mode="humpback_pair", method="logprobs", min_score=4))
+    assert a4.parse({}, "4", {"5": math.log(0.4), "4": math.log(0.6)}).reason is None
+    kun = ScoreTask(ScoreConfig(**MODEL, method="logprobs"))
+    assert (
+        kun.config.threshold() == 0.5
+        and kun.parse({}, "好", {"好": math.log(0.5), "差": math.log(0.5)}).reason is None
+    )
 
 
 def test_logprob_scores_are_expected_values_over_the_choices():
@@ -153,22 +191,84 @@ def test_logprob_scoring_prefills_the_verdict_and_asks_one_token():
 # --- polish ------------------------------------------------------------------------------
 
 
-def test_polish_prompt_gives_the_text_then_the_instruction():
+class CharTokens:
+    """A tokenizer of one token a character (Tokens), to count a prompt by hand."""
+
+    def count(self, text: str) -> int:
+        return len(text)
+
+    def head(self, text: str, n: int) -> str:
+        return text[:n]
+
+
+def test_polish_prompt_is_kuns_text_then_instruction():
     request = PolishTask(PolishConfig(**MODEL)).request({"text": TEXT, "instruction": "长江有多长？"})
-    content = request.messages[0]["content"]
-    assert content.index(TEXT) < content.index("问题：长江有多长？")
+    message = originals.KUN_POLISH_MESSAGE.format(output=TEXT, truncated_instruction="长江有多长？")
+    assert request.messages == [{"role": "user", "content": originals.KUN_POLISH_PREFIX + "\n" + message}]
+    directive = PolishTask(PolishConfig(**MODEL, template="directive")).request({"text": TEXT, "instruction": "q"})
+    assert "参考资料" in directive.messages[0]["content"]
 
 
-def test_polish_answer_filters():
+def test_polish_cuts_the_instruction_not_the_text_to_fit_the_prompt():
+    task = PolishTask(PolishConfig(**MODEL, max_prompt_tokens=60))
+    frame = len("已知：\n" + TEXT + ",请回答:")  # the prompt without the instruction, one token a character
+    instruction = "请详细介绍长江的长度、流经的地区以及它最后注入的海洋。"
+    request = task.request({"text": TEXT, "instruction": instruction}, CharTokens())
+    cut = instruction[: 60 - frame]
+    assert request.updates == {"instruction": cut} and request.messages[0]["content"].endswith(",请回答:" + cut)
+    assert TEXT in request.messages[0]["content"]  # the text whole
+    short = task.request({"text": TEXT, "instruction": "长江有多长？"}, CharTokens())
+    assert short.updates == {} and short.refused is None
+    full = PolishTask(PolishConfig(**MODEL, max_prompt_tokens=frame)).request(
+        {"text": TEXT, "instruction": instruction}, CharTokens()
+    )
+    assert full.refused is not None and full.refused[0] == "prompt_too_long"
+
+
+def test_polish_answer_filters_are_kuns():
     task = PolishTask(PolishConfig(**MODEL))
-    good = task.parse({}, "  长江全长约六千三百公里，是中国第一长河，最后注入东海。\n", None)
+    assert task.config.keywords == originals.KUN_ANSWER_KEYWORDS and task.config.sampling.max_tokens == 1024
+    row = {"instruction": "长江有多长？"}
+    good = task.parse(row, "  长江全长约六千三百公里，是中国第一长河，最后注入东海。\n", None)
     assert good.reason is None and good.columns["answer"] == "长江全长约六千三百公里，是中国第一长河，最后注入东海。"
-    assert task.parse({}, "作为一个人工智能模型，我认为长江全长约六千三百公里。", None).reason == "answer_keyword"
-    assert task.parse({}, "抱歉，我无法回答这个问题，请换一个问题试试看吧。", None).reason == "answer_keyword"
-    assert task.parse({}, "六千三百公里。", None).reason == "answer_too_short"
-    assert task.parse({}, "长江很长" + "很长" * 20, None).reason == "answer_repetition"
+    assert task.parse(row, "作为一个人工智能模型，我认为长江全长约六千三百公里。", None).reason == "answer_keyword"
+    assert task.parse(row, "抱歉，我无法回答这个问题，请换一个问题试试看吧。", None).reason == "answer_keyword"
+    assert task.parse(row, "六千三百公里。", None).reason == "answer_too_short"
     lenient = PolishTask(PolishConfig(**MODEL, keywords=[], min_answer_chars=0))
-    assert lenient.parse({}, "作为", None).reason is None
+    assert lenient.parse(row, "作为", None).reason is None
+    # the instruction is cleaned as Kun cleaned it after polishing
+    dropped = task.parse(
+        {"instruction": "它有多长？\n长江。\n长江。"}, "长江全长约六千三百公里，是中国第一长河。", None
+    )
+    assert dropped.reason == "repeated_lines"
+    kept = task.parse({"instruction": "长江有多长？\n长江有多长？"}, "长江全长约六千三百公里，是中国第一长河。", None)
+    assert kept.reason is None and kept.columns["instruction"] == "长江有多长？"
+
+
+#: Kun's answer repetition edge cases: a unit of any length, 6 times, at the start only.
+REPETITION_CASES = [
+    "哈哈哈哈哈哈后面是正常的回答内容，足够长了吧。",
+    "哈哈哈哈哈后面是正常的回答内容，足够长了吧。",
+    "正常开头，然后" + "哈" * 20,
+    "好的" * 6 + "，这里是一个足够长的回答。",
+    "abcdefghijk" * 6 + " 12-char unit x6",
+    "      前面有六个空格的回答，长度也足够二十个字符。",
+    "1111112 是一个数字，这个回答足够长了。",
+    "长江很长" + "很长" * 20,
+    "------------\n标题\n------------ 一个足够长的回答",
+]
+
+
+@pytest.mark.parametrize("answer", REPETITION_CASES)
+def test_answer_repetition_is_kuns(answer):
+    found, unit = originals.detect_repetition_improved(answer)
+    assert starts_repeating(answer, 6) == (unit if found else None)
+
+
+@given(st.text(alphabet="ab\n 长", max_size=30))
+def test_answer_repetition_agrees_with_kuns_on_any_text(answer):
+    found, unit = originals.detect_repetition_improved(answer)
+    assert starts_repeating(answer, 6) == (unit if found else None)
 
 
 # --- prompts are data --------------------------------------------------------------------

@@ -29,8 +29,10 @@ BASE = {"sources": [{"name": "a", "format": "jsonl", "paths": ["x.jsonl"]}], "ou
 
 # --- what the change must keep ---------------------------------------------------------------
 
-#: fingerprint(run_settings(config, [])) of the ready configs, computed by kun-ray 0.1 (b966323).
-PINNED = {"demo": "958a490ec1e6fb77", "kun": "a01e9a083c32f939", "humpback": "23c6a325311c2bef"}
+#: fingerprint(run_settings(config, [])) of the ready configs: a refactor must keep them.  Last
+#: changed on purpose by the papers' own defaults (label and polish max_tokens 1024, polish's
+#: instruction cut instead of its text cut): runs of the configs before that do not resume.
+PINNED = {"demo": "fd46807035a1809c", "kun": "454bd8663f2e6810", "humpback": "c32f2c96dc7ade1f"}
 
 
 @pytest.mark.parametrize("name", sorted(PINNED))

@@ -1,8 +1,9 @@
 """What exact and near dedup share: a stable order, and marking rows that duplicate a kept one.
 
 The document kept out of each group of duplicates is the first in a stable order: sources in
-the order of the config, then `doc_id`.  An order key string sorts that way, so Ray Data's
-`Min` aggregation picks the keeper without any Python per group.
+the order of the config, then `doc_id`, then the shard and the record's position in it (corpora
+repeat ids across files and dumps: two rows never share a key).  An order key string sorts
+that way, so Ray Data's `Min` aggregation picks the keeper without any Python per group.
 """
 
 from __future__ import annotations
@@ -29,20 +30,34 @@ def source_ranks(sources: tuple[str, ...]) -> dict[str, int]:
     return {name: rank for rank, name in enumerate(sources)}
 
 
-def order_key(rank: int, doc_id: str) -> str:
-    return f"{rank:05d}{SEPARATOR}{doc_id}"
+def order_key(rank: int, doc_id: str, shard: str = "", record: int | None = None) -> str:
+    """A row's place in the stable order, unique even where a corpus repeats an id: the source's
+    rank, the doc_id, then the shard and the record's position in it."""
+    position = "" if record is None else f"{record:012d}"
+    return SEPARATOR.join((f"{rank:05d}", doc_id, shard, position))
 
 
 def describe(key: str, names: list[str]) -> str:
-    rank, doc_id = key.split(SEPARATOR, 1)
+    rank, rest = key.split(SEPARATOR, 1)
+    doc_id = rest.rsplit(SEPARATOR, 2)[0]
     return f"duplicate of {doc_id} (source {names[int(rank)]})"
+
+
+def row_keys(rows: pa.Table, ranks: dict[str, int]) -> list[str]:
+    """The order keys of rows (rows written before the record column have none: their doc_id stands)."""
+    records = rows["record"].to_pylist() if "record" in rows.column_names else [None] * rows.num_rows
+    return [
+        order_key(ranks[source], doc_id, shard, record)
+        for source, doc_id, shard, record in zip(
+            rows["source"].to_pylist(), rows["doc_id"].to_pylist(), rows["shard"].to_pylist(), records
+        )
+    ]
 
 
 def live_keys(batch: pa.Table, ranks: dict[str, int]) -> tuple[pa.Table, list[str]]:
     """The live rows of a batch and their order keys."""
     live = batch.filter(pc.is_null(batch["reject_reason"]))
-    keys = [order_key(ranks[s], d) for s, d in zip(live["source"].to_pylist(), live["doc_id"].to_pylist())]
-    return live, keys
+    return live, row_keys(live, ranks)
 
 
 def mark_duplicates(
@@ -59,10 +74,7 @@ def mark_duplicates(
     def keep_or_reject(rows: pa.Table) -> Verdicts:
         reasons: list[str | None] = []
         details: list[str | None] = []
-        for source, doc_id, text in zip(
-            rows["source"].to_pylist(), rows["doc_id"].to_pylist(), rows[column].to_pylist()
-        ):
-            key = order_key(ranks[source], doc_id)
+        for key, text in zip(row_keys(rows, ranks), rows[column].to_pylist()):
             keeper = keeper_of(key, text)
             duplicate = keeper is not None and keeper != key
             reasons.append(reason if duplicate else None)

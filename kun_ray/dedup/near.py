@@ -1,32 +1,45 @@
-"""near_dedup: MinHash + LSH on character n-grams; one document kept per connected group.
+"""near_dedup: MinHash + LSH on character n-grams, candidates verified, the first of each group kept.
 
 Chinese has no spaces, so a text's shingles are its character n-grams (5 by default).
-Signatures come from rensa's MinHash, a whole batch per call.  The LSH bands (b bands of r
-rows, chosen for the threshold as datasketch does: least weighted false-positive +
-false-negative area) are hashed to 64 bits with numpy, and become rows of a Ray Dataset
-grouped by band hash with Ray Data, so the grouping scales past one machine.
-Only colliding buckets come back: each gives edges from its members to its first member,
-the edges are joined into connected groups on the driver (union-find, as datatrove's
-clustering step does), and every member but the group's first is rejected as `near_duplicate`.
+Signatures come from rensa's MinHash, a whole batch per call.  Then, with Ray Data:
+
+1. **Candidates.**  Each signature is cut into b bands of r rows, chosen for recall: a pair at
+   exactly the threshold shares a band with probability `recall` (0.999), with the fewest
+   candidates below it (`lsh_bands`).  Band hashes are grouped (a hash repartition), and the
+   members of every bucket of two or more are the candidates.
+2. **Verification.**  The candidates are joined with their texts (or signatures), and each
+   pair in a bucket is compared: the true Jaccard of the two n-gram sets (`verify: jaccard`),
+   or the share of equal signature values (`verify: signature`).  Only a pair at or above the
+   threshold is an edge; a pair is compared in the first band it shares, not once per band.
+3. **Keepers.**  Within each connected group of edges, documents are taken in the stable
+   order (sources in the config's order, then doc_id); one is kept unless an edge joins it to
+   a document kept before it, and is then a `near_duplicate` of that document.  So a chain
+   A~B~C where A and C are not alike keeps A and C: nothing is removed for being like a
+   document that was itself removed.  (The groups are formed on the driver from the verified
+   edges; the distributed connected components of the scale issue replace that step.)
 """
 
 from __future__ import annotations
 
+import math
 from functools import cache
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import ray.data
 from pydantic import Field
-from ray.data.aggregate import Count, Min
-from ray.data.expressions import col
 
 from kun_ray.config.base import CpuResources, since
 from kun_ray.dedup.base import DedupStage, live_keys, mark_duplicates, shuffle_partitions, source_ranks
 
+#: Members of one bucket compared pair by pair; in a bigger bucket each member is compared
+#: with the first MAX_BUCKET only (such a bucket is one large cluster, and its other bands join it).
+MAX_BUCKET = 64
+
 
 class NearDedupConfig(CpuResources):
-    """MinHash + LSH on character n-grams; one document kept per connected group."""
+    """MinHash + LSH on character n-grams, candidates verified; the first of each group kept."""
 
     threshold: float = Field(default=0.8, gt=0, lt=1)
     ngram: int = Field(default=5, gt=0)
@@ -34,20 +47,37 @@ class NearDedupConfig(CpuResources):
     seed: int = 42
     #: The column compared: the text, or the instruction (the final flow's instruction_near_dedup).
     column: str = since("0.2", "text")
+    #: The chance that a pair at exactly the threshold becomes a candidate: it sets the bands.
+    recall: float = since("0.3", 0.999, gt=0, lt=1)
+    #: How a candidate is confirmed: the true Jaccard of the n-gram sets, or the signatures' estimate.
+    verify: Literal["jaccard", "signature"] = since("0.3", "jaccard")
+
+
+def detection(similarity: float | np.ndarray, bands: int, rows: int) -> float | np.ndarray:
+    """The chance that a pair of Jaccard `similarity` shares at least one of `bands` bands of `rows` rows."""
+    return 1.0 - (1.0 - np.asarray(similarity, dtype=float) ** rows) ** bands
 
 
 @cache
-def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
-    """(bands, rows per band) minimising the false-positive and false-negative areas, equally weighted."""
-    s = np.linspace(0.0, 1.0, 2001)
-    best, best_error = (1, num_perm), float("inf")
-    for b in range(1, num_perm + 1):
-        for r in range(1, num_perm // b + 1):
-            p = 1.0 - (1.0 - s**r) ** b
-            below, above = s <= threshold, s >= threshold
-            error = 0.5 * np.trapezoid(p[below], s[below]) + 0.5 * np.trapezoid(1.0 - p[above], s[above])
-            if error < best_error:
-                best, best_error = (b, r), error
+def lsh_bands(threshold: float, num_perm: int, recall: float = 0.999) -> tuple[int, int]:
+    """(bands, rows per band), b x r <= num_perm, that find a pair at the threshold with
+    probability >= recall, and among those the fewest candidates below the threshold (the
+    smallest area under the detection curve from 0 to the threshold).  For each r the fewest
+    bands that reach the recall are the best: more bands only add candidates."""
+    s = np.linspace(0.0, threshold, 1001)
+    best, best_area = None, float("inf")
+    for r in range(1, num_perm + 1):
+        hit = threshold**r  # the chance that one band of r rows matches
+        if hit == 0:
+            break
+        b = math.ceil(math.log1p(-recall) / math.log1p(-hit) - 1e-9)  # 1 - (1 - hit)^b >= recall
+        if b * r > num_perm:
+            continue
+        area = float(np.trapezoid(detection(s, b, r), s))
+        if area < best_area:
+            best, best_area = (b, r), area
+    if best is None:
+        raise ValueError(f"no LSH bands of {num_perm} permutations find a pair at {threshold} with {recall}")
     return best
 
 
@@ -81,17 +111,38 @@ def shingle_hashes(texts: list[str], n: int) -> tuple[np.ndarray, np.ndarray]:
     return windows[index], offsets.astype(np.uint64)
 
 
-def band_hashes(texts: list[str], config: NearDedupConfig) -> np.ndarray:
-    """One uint64 per LSH band of each text's MinHash signature, shape (texts, bands); the band index is hashed in."""
+def shingle_sets(texts: list[str], n: int) -> list[np.ndarray]:
+    """Each text's distinct n-gram hashes, sorted."""
+    flat, offsets = shingle_hashes(texts, n)
+    return [np.unique(flat[offsets[i] : offsets[i + 1]]) for i in range(len(texts))]
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """The Jaccard similarity of two sorted sets of distinct hashes."""
+    common = len(np.intersect1d(a, b, assume_unique=True))
+    return common / (len(a) + len(b) - common)
+
+
+def signatures(texts: list[str], config: NearDedupConfig) -> np.ndarray:
+    """Each text's MinHash signature, shape (texts, num_perm)."""
     from rensa import RMinHash
 
-    bands, rows = lsh_bands(config.threshold, config.num_perm)
     if not texts:
-        return np.empty((0, bands), dtype=np.uint64)
+        return np.empty((0, config.num_perm), dtype=np.uint64)
     flat, offsets = shingle_hashes(texts, config.ngram)
     digests = RMinHash.digest_matrix_from_flat_token_hashes(flat, offsets, config.num_perm, config.seed).to_rows()
-    grid = np.asarray(digests, dtype=np.uint64)[:, : bands * rows].reshape(len(texts), bands, rows)
-    hashes = _mix(np.arange(bands, dtype=np.uint64) + np.uint64(1))[None, :].repeat(len(texts), axis=0)
+    return np.asarray(digests, dtype=np.uint64)
+
+
+def band_hashes(texts: list[str], config: NearDedupConfig) -> np.ndarray:
+    """One uint64 per LSH band of each text's MinHash signature, shape (texts, bands); the band index is hashed in."""
+    return bands_of(signatures(texts, config), config)
+
+
+def bands_of(signature: np.ndarray, config: NearDedupConfig) -> np.ndarray:
+    bands, rows = lsh_bands(config.threshold, config.num_perm, config.recall)
+    grid = signature[:, : bands * rows].reshape(len(signature), bands, rows)
+    hashes = _mix(np.arange(bands, dtype=np.uint64) + np.uint64(1))[None, :].repeat(len(signature), axis=0)
     for r in range(rows):
         hashes = _mix(hashes ^ grid[:, :, r])
     return hashes
@@ -102,28 +153,96 @@ def band_keys(text: str, config: NearDedupConfig) -> list[int]:
 
 
 def _band_rows(batch: pa.Table, ranks: dict[str, int], config: NearDedupConfig, column: str) -> pa.Table:
+    """A row per band of each live row: the band's hash, the band's index, the row's order key."""
     live, keys = live_keys(batch, ranks)
     hashes = band_hashes(live[column].to_pylist(), config)
+    bands = hashes.shape[1]
     return pa.table(
         {
             "band_key": pa.array(hashes.reshape(-1), pa.uint64()),
-            "order_key": pa.array(np.repeat(np.asarray(keys, dtype=object), hashes.shape[1]), pa.string()),
+            "band": pa.array(np.tile(np.arange(bands, dtype=np.int32), len(keys)), pa.int32()),
+            "order_key": pa.array(np.repeat(np.asarray(keys, dtype=object), bands), pa.string()),
         }
     )
 
 
-def _edges(batch: pa.Table, buckets: dict[int, str]) -> pa.Table:
-    members, keepers = [], []
-    for band, key in zip(batch["band_key"].to_pylist(), batch["order_key"].to_pylist()):
-        keeper = buckets.get(band)
-        if keeper is not None and keeper != key:
-            members.append(key)
-            keepers.append(keeper)
-    return pa.table({"member": pa.array(members, pa.string()), "keeper": pa.array(keepers, pa.string())})
+def _runs(keys: np.ndarray) -> list[tuple[int, int]]:
+    """(start, end) of each run of two or more equal values in a sorted array."""
+    if len(keys) < 2:
+        return []
+    edges = np.flatnonzero(keys[1:] != keys[:-1]) + 1
+    starts = np.concatenate([[0], edges])
+    ends = np.concatenate([edges, [len(keys)]])
+    return [(int(s), int(e)) for s, e in zip(starts, ends) if e - s > 1]
 
 
-def group_keepers(edges: list[tuple[str, str]]) -> dict[str, str]:
-    """Union-find over edges: each node of a connected group -> the group's smallest key."""
+def _bucket_members(block: pa.Table) -> pa.Table:
+    """The rows of every bucket of two or more (a block holds whole buckets, sorted by band_key)."""
+    keys = block["band_key"].to_numpy()
+    take = [i for start, end in _runs(keys) for i in range(start, end)]
+    return block.take(pa.array(take, pa.int64()))
+
+
+def _doc_rows(batch: pa.Table, ranks: dict[str, int], config: NearDedupConfig, column: str) -> pa.Table:
+    """Each live row's order key, band hashes (to compare a pair in its first shared band only),
+    and what verification compares: the text, or the signature."""
+    live, keys = live_keys(batch, ranks)
+    texts = live[column].to_pylist()
+    signature = signatures(texts, config)
+    columns: dict[str, Any] = {
+        "order_key": pa.array(keys, pa.string()),
+        "bands": pa.array(list(bands_of(signature, config)), pa.list_(pa.uint64())),
+    }
+    if config.verify == "jaccard":
+        columns["value"] = pa.array(texts, pa.large_string())
+    else:
+        columns["value"] = pa.array(list(signature), pa.list_(pa.uint64()))
+    return pa.table(columns)
+
+
+def _verified_edges(block: pa.Table, config: NearDedupConfig) -> pa.Table:
+    """The pairs of each bucket at or above the threshold, each from the first band the pair shares,
+    and one row (member null) counting the candidates compared."""
+    block = block.sort_by([("band_key", "ascending"), ("order_key", "ascending")])
+    keys = block["band_key"].to_numpy()
+    band = block["band"].to_numpy()
+    members, keepers, similarities = [], [], []
+    compared = 0
+    for start, end in _runs(keys):
+        order = block["order_key"].slice(start, end - start).to_pylist()
+        bands = np.asarray(block["bands"].slice(start, end - start).to_pylist(), dtype=np.uint64)
+        values = block["value"].slice(start, end - start).to_pylist()
+        if config.verify == "jaccard":
+            sets = shingle_sets(values, config.ngram)
+        else:
+            values = [np.asarray(v, dtype=np.uint64) for v in values]
+        here = int(band[start])
+        for j in range(1, end - start):
+            for i in range(min(j, MAX_BUCKET)):
+                if here and (bands[i, :here] == bands[j, :here]).any():
+                    continue  # compared in an earlier band the pair shares
+                compared += 1
+                if config.verify == "jaccard":
+                    similarity = jaccard(sets[i], sets[j])
+                else:
+                    similarity = float(np.mean(values[i] == values[j]))
+                if similarity >= config.threshold:
+                    members.append(order[j])
+                    keepers.append(order[i])
+                    similarities.append(similarity)
+    return pa.table(
+        {
+            "member": pa.array([*members, None], pa.string()),
+            "keeper": pa.array([*keepers, None], pa.string()),
+            "similarity": pa.array([*similarities, None], pa.float64()),
+            "candidates": pa.array([0] * len(members) + [compared], pa.int64()),
+        }
+    )
+
+
+def first_keepers(edges: list[tuple[str, str]]) -> dict[str, str]:
+    """Each duplicate -> the document it duplicates: in each connected group, in key order, a
+    document is kept unless an edge joins it to one kept before it (the first such one)."""
     parent: dict[str, str] = {}
 
     def find(x: str) -> str:
@@ -133,11 +252,26 @@ def group_keepers(edges: list[tuple[str, str]]) -> dict[str, str]:
             x = parent[x]
         return x
 
+    alike: dict[str, set[str]] = {}
     for a, b in edges:
+        alike.setdefault(a, set()).add(b)
+        alike.setdefault(b, set()).add(a)
         ra, rb = find(a), find(b)
         if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)  # the root is always the group's smallest key
-    return {node: find(node) for node in parent}
+            parent[max(ra, rb)] = min(ra, rb)
+    groups: dict[str, list[str]] = {}
+    for node in alike:
+        groups.setdefault(find(node), []).append(node)
+    duplicate_of: dict[str, str] = {}
+    for nodes in groups.values():
+        kept: list[str] = []
+        for node in sorted(nodes):
+            earlier = [k for k in kept if k in alike[node]]
+            if earlier:
+                duplicate_of[node] = earlier[0]
+            else:
+                kept.append(node)
+    return duplicate_of
 
 
 def _mark(batch: pa.Table, name: str, ranks: dict[str, int], keepers: dict[str, str], column: str) -> pa.Table:
@@ -149,18 +283,38 @@ class NearDedup(DedupStage):
     config_model = NearDedupConfig
     reasons = frozenset({"near_duplicate"})
 
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.counts: dict[str, int] = {}
+
     def apply(self, stream: ray.data.Dataset) -> ray.data.Dataset:
-        """Reject every live row whose column is near a row earlier in the stable order."""
+        """Reject every live row alike (verified) to a row kept before it in the stable order."""
         ranks, column, config = source_ranks(self.run.sources), self.config.column, self.config
-        bands = self.map(stream, _band_rows, ranks=ranks, config=config, column=column).materialize()
-        grouped = bands.groupby("band_key", num_partitions=shuffle_partitions()).aggregate(
-            Count(alias_name="n"), Min("order_key", alias_name="keeper")
+        partitions = shuffle_partitions()
+        members = (
+            self.map(stream, _band_rows, ranks=ranks, config=config, column=column)
+            .repartition(partitions, keys=["band_key"], sort=True)
+            .map_batches(_bucket_members, batch_size=None, batch_format="pyarrow")
         )
-        buckets = {row["band_key"]: row["keeper"] for row in grouped.filter(expr=col("n") > 1).iter_rows()}
-        edges = (
-            bands.map_batches(_edges, fn_kwargs={"buckets": buckets}, batch_format="pyarrow").take_all()
-            if buckets
-            else []
+        docs = self.map(stream, _doc_rows, ranks=ranks, config=config, column=column)
+        found = (
+            members.join(docs, "inner", partitions, on=("order_key",))
+            .repartition(partitions, keys=["band_key"], sort=True)
+            .map_batches(_verified_edges, batch_size=None, batch_format="pyarrow", fn_kwargs={"config": config})
+            .take_all()
         )
-        keepers = group_keepers([(e["member"], e["keeper"]) for e in edges])
+        edges = [(e["member"], e["keeper"]) for e in found if e["member"] is not None]
+        keepers = first_keepers(edges)
+        bands, rows = lsh_bands(config.threshold, config.num_perm, config.recall)
+        self.counts = {
+            "bands": bands,
+            "rows_per_band": rows,
+            "candidates": sum(e["candidates"] for e in found),
+            "verified": len(set(edges)),
+            "duplicates": len(keepers),
+        }
+        self.counts["rejected_candidates"] = self.counts["candidates"] - self.counts["verified"]
         return self.map(stream, _mark, name=self.name, ranks=ranks, keepers=keepers, column=column)
+
+    def report(self) -> dict[str, Any]:
+        return {"lsh": self.counts} if self.counts else {}

@@ -115,24 +115,24 @@ class _Rows:
     def __init__(self, file: InputFile, source: SourceConfig, unit: str, max_reject_text_chars: int):
         self.file, self.source, self.unit, self.limit = file, source, unit, max_reject_text_chars
 
-    def document(self, doc: Document, fallback_id: str) -> dict[str, Any]:
+    def document(self, doc: Document, fallback_id: str, position: int) -> dict[str, Any]:
         title = None if doc.title is None else str(doc.title)
         for name, value in (("id", doc.doc_id), ("title", title)):
             if value is not None and isinstance(problem := _utf8_size(name, value), RecordError):
                 raise problem
-        return self._row(doc.doc_id or fallback_id, doc.text, title, doc.meta, None, None)
+        return self._row(doc.doc_id or fallback_id, position, doc.text, title, doc.meta, None, None)
 
     def reject(self, doc_id: str, error: RecordError, position: int | None, text: str | None = None) -> dict[str, Any]:
         where = self.file.url if position is None else f"{self.file.url}, {self.unit} {position}"
         if text is None and error.raw is not None:
             text = error.raw[: self.limit * 4].decode("utf-8", errors="replace")
-        return self._row(
-            doc_id, None if text is None else text[: self.limit], None, None, error.reason, f"{where}: {error.detail}"
-        )
+        text = None if text is None else text[: self.limit]
+        return self._row(doc_id, position, text, None, None, error.reason, f"{where}: {error.detail}")
 
     def _row(
         self,
         doc_id: str,
+        position: int | None,
         text: str | None,
         title: str | None,
         meta: str | None,
@@ -143,6 +143,7 @@ class _Rows:
             "doc_id": doc_id,
             "source": self.source.name,
             "shard": self.file.shard,
+            "record": position,
             "text": text,
             "title": title,
             "meta": meta,
@@ -163,7 +164,7 @@ def _record_row(reader: CorpusReader, rows: _Rows, record: Any, position: int, m
         doc = reader.document(record)
         if problem := _text_problem(doc.text, max_bytes):
             return rows.reject(doc.doc_id or fallback_id, problem, position)
-        return rows.document(doc, fallback_id)
+        return rows.document(doc, fallback_id, position)
     except RecordError as error:
         return rows.reject(fallback_id, error, position, text=_record_text(record))
     except Exception as error:  # a record its reader cannot take apart (nested too deep for JSON, ...)

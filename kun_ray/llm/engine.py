@@ -1,9 +1,14 @@
 """The engine: a task and its stage config become a Ray Data LLM processor (vLLM actor pool).
 
-    rows -> preprocess (task.request: chat messages + sampling params)
-         -> ray.data.llm processor (chat template, tokenize, vLLM engine actors, detokenize)
+    rows -> preprocess (task.request: chat messages, in the model's chat template, + sampling params)
+         -> ray.data.llm processor (vLLM engine actors)
          -> postprocess (task.parse: new columns, a reject reason or None)
          -> conform (one schema; rows vLLM failed on become `inference_error` rejects)
+
+The chat template is applied in preprocess, with the tokenizer the stage loads anyway, and vLLM
+tokenizes and detokenizes in its own front end: Ray Data LLM's chat template, tokenize and
+detokenize stages would each be an actor pool of their own (processes to start, CPUs to hold
+beside the engines) doing what a map task and the engine do already.
 
 The processor runs with `should_continue_on_error`, so a row the engine cannot serve (a prompt
 longer than the context, say) is a reject with vLLM's message, not a dead job.  A GPU stage's
@@ -35,6 +40,10 @@ ERROR_COLUMN = "__inference_error__"
 #: detokenize, postprocess), so a dead row never reaches the model, and `conform` gives it back
 #: as it came.
 DEAD = "__rejected_before__"
+#: What preprocess puts in ERROR_COLUMN, around the reason and the detail, of a row the task
+#: refused before the model sees it (a prompt with no room for the instruction): the row passes
+#: by the processor as a dead one does, and `conform` rejects it with the task's reason.
+REFUSED = "__refused__\x1f"
 
 
 def output_schema(input_schema: pa.Schema, task: Task, tokens: str) -> pa.Schema:
@@ -102,9 +111,9 @@ class Engine:
             accelerator_type=c.accelerator_type,
             should_continue_on_error=True,
             log_engine_metrics=c.log_engine_metrics,
-            chat_template_stage={"enabled": c.chat_template, "num_cpus": c.cpu_stage_num_cpus},
-            tokenize_stage={"num_cpus": c.cpu_stage_num_cpus},
-            detokenize_stage={"num_cpus": c.cpu_stage_num_cpus},
+            chat_template_stage={"enabled": False},
+            tokenize_stage={"enabled": False},
+            detokenize_stage={"enabled": False},
             runtime_env={"env_vars": dict(c.env)} if c.env else None,
             placement_group_config={"bundles": [{"CPU": c.num_cpus}]} if c.device == "cpu" else None,
         )
@@ -115,26 +124,44 @@ class Engine:
             params.update(allowed_token_ids=self.choice_ids, logprobs=len(self.choice_ids))
         return params
 
+    def tokenizer(self) -> Any:
+        """The model's tokenizer, loaded once per worker process."""
+        return loaded_once(f"tokenizer:{self.config.model}", lambda: load_tokenizer(self.config.model, self.storage))
+
+    def count(self, text: str) -> int:
+        """Tokens of the text, no special tokens (Tokens.count)."""
+        return len(self.tokenizer()(text, add_special_tokens=False)["input_ids"])
+
+    def head(self, text: str, n: int) -> str:
+        """The text's first n tokens (Tokens.head), cut at a character boundary: a character split
+        over byte-level tokens is kept whole."""
+        offsets = self.tokenizer()(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        return text if len(offsets) <= n else text[: offsets[n - 1][1]]
+
+    def prompt(self, messages: list[dict[str, str]]) -> str:
+        """The messages as the model reads them: its chat template (as Ray Data LLM's chat
+        template stage applies it: a generation prompt after a user turn, else the last
+        message continued), or their contents line by line with `chat_template: false`."""
+        if not self.config.chat_template:
+            return "\n".join(m["content"] for m in messages)
+        ask = messages[-1]["role"] == "user"
+        return self.tokenizer().apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=ask, continue_final_message=not ask
+        )
+
     def truncate(self, text: str) -> str:
         limit = self.config.max_text_tokens
-        if limit is None:
-            return text
-        tokenizer = loaded_once(
-            f"tokenizer:{self.config.model}", lambda: load_tokenizer(self.config.model, self.storage)
-        )
-        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-        # Cut at a character boundary: a character split over byte-level tokens is kept whole.
-        return text if len(offsets) <= limit else text[: offsets[limit - 1][1]]
+        return text if limit is None else self.head(text, limit)
 
     def preprocess(self, row: dict[str, Any]) -> dict[str, Any]:
         if row.get("reject_reason") is not None:
             return {ERROR_COLUMN: DEAD}
-        request = self.task.request({**row, "text": self.truncate(row["text"])})
-        out = dict(row)
-        if self.config.chat_template:
-            out["messages"] = request.messages
-        else:
-            out["prompt"] = "\n".join(m["content"] for m in request.messages)
+        request = self.task.request({**row, "text": self.truncate(row["text"])}, self)
+        if request.refused is not None:
+            reason, detail = request.refused
+            return {ERROR_COLUMN: f"{REFUSED}{reason}{REFUSED}{detail}"}
+        out = {**row, **request.updates}
+        out["prompt"] = self.prompt(request.messages)
         out["sampling_params"] = self.sampling_params(request.sampling)
         # Said outright: rows are one Arrow struct column inside the processor, and a live row
         # missing the key would read as null there, which Ray Data LLM takes for an error.
@@ -183,11 +210,20 @@ class Engine:
         )
 
 
+def refusal(error: str) -> tuple[str, str]:
+    """(reason, detail) of a row's error: the task's own for a row it refused, else `inference_error`."""
+    if error.startswith(REFUSED):
+        _, reason, detail = error.split(REFUSED, 2)
+        return reason, detail
+    return "inference_error", error
+
+
 def conform(batch: pa.Table, schema: pa.Schema, stage: str, tokens: str) -> pa.Table:
     """The schema's columns (missing ones null); rows vLLM failed on become `inference_error` rejects.
 
     Rows the engine failed on bypass postprocess and carry vLLM's own columns, so blocks differ;
-    this gives every block the stage's schema.  Rows rejected before (DEAD) keep their reject.
+    this gives every block the stage's schema.  Rows rejected before (DEAD) keep their reject;
+    rows the task refused (REFUSED) take its reason.
     """
     columns = {f.name: column_or_nulls(batch, f.name, f.type) for f in schema}
     if ERROR_COLUMN in batch.column_names:
@@ -196,10 +232,11 @@ def conform(batch: pa.Table, schema: pa.Schema, stage: str, tokens: str) -> pa.T
         for secret in secret_values():
             errors = pc.replace_substring(errors, secret, MASK)
         failed = pc.not_equal(errors, "")
+        why = [refusal(error) for error in errors.to_pylist()]
+        reasons = pa.array([reason for reason, _ in why], pa.string())
+        details = pa.array([detail for _, detail in why], pa.large_string())
         columns["reject_stage"] = pc.if_else(failed, pa.scalar(stage, pa.string()), columns["reject_stage"])
-        columns["reject_reason"] = pc.if_else(
-            failed, pa.scalar("inference_error", pa.string()), columns["reject_reason"]
-        )
-        columns["reject_detail"] = pc.if_else(failed, errors, columns["reject_detail"])
+        columns["reject_reason"] = pc.if_else(failed, reasons, columns["reject_reason"])
+        columns["reject_detail"] = pc.if_else(failed, details, columns["reject_detail"])
         columns[tokens] = pc.if_else(failed, pa.scalar(0, pa.int64()), pc.fill_null(columns[tokens], 0))
     return pa.table(columns, schema=schema)

@@ -12,7 +12,14 @@ from pathlib import Path
 
 from kun_ray.config import ConfigError
 
-SHIPPED = ("label_kun", "label_humpback", "score_kun_instruction", "score_humpback_pair", "polish_kun")
+SHIPPED = (
+    "label_kun",
+    "label_humpback",
+    "score_kun_instruction",
+    "score_humpback_pair",
+    "polish_kun",
+    "polish_directive",
+)
 
 
 @cache

@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from kun_ray.llm.prompts import check_fields, load_template, render
 from kun_ray.llm.stage import LLMStage, LLMStageConfig, SamplingConfig
-from kun_ray.llm.task import Parsed, Request, clip, user
+from kun_ray.llm.task import Parsed, Request, Tokens, clip, user
 from kun_ray.stages.base import Chart
 
 KUN_VALUES = {"好": 1.0, "差": 0.0}
@@ -44,15 +44,18 @@ class ScoreConfig(LLMStageConfig):
     mode: Literal["kun_instruction", "humpback_pair"] = "kun_instruction"
     #: generate: parse 【好】/【差】 or "Score: N" from the answer; logprobs: one token's probabilities.
     method: Literal["generate", "logprobs"] = "generate"
-    #: Kept when score >= min_score. Default 0.5 for kun_instruction (【好】 = 1, 【差】 = 0, or P(好)),
-    #: 5 for humpback_pair (Humpback's A5; its A4 used 4).
+    #: Kept when score >= min_score.  Default: 0.5 for kun_instruction (【好】 = 1, 【差】 = 0, or
+    #: P(好)); for humpback_pair the paper's A5, a rating of 5 generated, or an expected rating of
+    #: 4.5 by log-probabilities (its A4: 4).
     min_score: float | None = None
     sampling: SamplingConfig = SamplingConfig(max_tokens=256)
 
     def threshold(self) -> float:
         if self.min_score is not None:
             return self.min_score
-        return 0.5 if self.mode == "kun_instruction" else 5.0
+        if self.mode == "kun_instruction":
+            return 0.5
+        return 5.0 if self.method == "generate" else 4.5
 
 
 RATING = re.compile(r"(?:score|得分|评分)\s*[:：]?\s*\**\s*([1-5](?:\.\d+)?)(?!\d|\.\d)", re.IGNORECASE)
@@ -102,7 +105,7 @@ class ScoreTask:
         fields = {"instruction"} if config.mode == "kun_instruction" else {"instruction", "answer"}
         check_fields(self.template, fields, "score.prompt_file")
 
-    def request(self, row: Mapping[str, Any]) -> Request:
+    def request(self, row: Mapping[str, Any], tokens: Tokens | None = None) -> Request:
         prompt = render(self.template, instruction=row["instruction"], answer=row["text"])
         if self.config.method == "generate":
             return Request(user(prompt))

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 
 class SamplingConfig(StrictModel):
-    """vLLM sampling parameters (Kun's scripts: temperature 0.5, top_p 0.95, repetition_penalty 1.2, 512 tokens)."""
+    """vLLM sampling parameters: Kun's (evaluation/vllm_inference.py:50: temperature 0.5, top_p 0.95,
+    repetition_penalty 1.2; its infer_*.sh pass 1024 tokens, which label and polish default to)."""
 
     temperature: float = Field(default=0.5, ge=0)
     top_p: float = Field(default=0.95, gt=0, le=1)
@@ -60,7 +61,7 @@ class LLMStageConfig(StageConfig):
     accelerator_type: str | None = resource(None)
     #: CPUs per engine actor with `device: cpu`.
     num_cpus: float = resource(1.0, gt=0)
-    #: CPUs per worker of the stage's CPU side: pre/postprocess, chat template, tokenize, detokenize.
+    #: CPUs per task of the stage's CPU side: preprocess (the prompt, in the chat template) and postprocess.
     cpu_stage_num_cpus: float = resource(1.0, gt=0)
     chat_template: bool = True
     sampling: SamplingConfig = SamplingConfig()

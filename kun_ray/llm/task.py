@@ -30,10 +30,24 @@ class Parsed:
 
 @dataclass(frozen=True)
 class Request:
-    """What the model is asked: the chat messages (an assistant message last is a prefill) and sampling overrides."""
+    """What the model is asked: the chat messages (an assistant message last is a prefill) and
+    sampling overrides; the columns the request changed (polish cuts the instruction to fit its
+    prompt), which the row keeps; or, instead, why the row is refused before the model sees it."""
 
     messages: Messages
     sampling: dict[str, Any] = field(default_factory=dict)
+    updates: dict[str, Any] = field(default_factory=dict)
+    refused: tuple[str, str] | None = None
+
+
+class Tokens(Protocol):
+    """The model's tokenizer, as a task measures and cuts text with it."""
+
+    def count(self, text: str) -> int: ...
+
+    def head(self, text: str, n: int) -> str:
+        """The text's first n tokens (n >= 1), cut at a character boundary."""
+        ...
 
 
 class Task(Protocol):
@@ -44,7 +58,7 @@ class Task(Protocol):
     #: The reject reasons its parser may give.
     reasons: frozenset[str]
 
-    def request(self, row: Mapping[str, Any]) -> Request: ...
+    def request(self, row: Mapping[str, Any], tokens: Tokens | None = None) -> Request: ...
 
     def parse(self, row: Mapping[str, Any], generated: str, top_logprobs: dict[str, float] | None) -> Parsed: ...
 
