@@ -240,7 +240,9 @@ def test_the_engine_cuts_with_the_models_tokenizer_and_applies_its_chat_template
     from kun_ray.llm.polish import PolishConfig, PolishTask
 
     tokenizer = AutoTokenizer.from_pretrained(str(smoke_models["chat_model"]))
-    config = PolishConfig(model=str(smoke_models["chat_model"]), max_text_tokens=5, max_prompt_tokens=None, device="cpu")
+    config = PolishConfig(
+        model=str(smoke_models["chat_model"]), max_text_tokens=5, max_prompt_tokens=None, device="cpu"
+    )
     engine = Engine(PolishTask(config), config, StorageOptions(), "polish")
     row = engine.preprocess({"doc_id": "d", "text": OVERLONG, "instruction": "长江有多长？"})
     cut = engine.truncate(OVERLONG)
