@@ -118,9 +118,10 @@ class RunFlows:
         files = upstream.files(source, shards)
         stream = self.folder.read_files(files)
         fixed = self.manifest["fixed"]
+        rows = sum(upstream.kept().values())
         for i, stage in enumerate(flow.stages):
+            stage.rows = rows
             if stage.fits and stage.name not in fixed:
-                rows = sum(upstream.kept().values())
                 sample = self.folder.read_files(files)
                 if (size := stage.sample()) is not None:
                     sample = sample_rows(sample, size[0], rows, size[1])

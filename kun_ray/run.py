@@ -132,6 +132,19 @@ def run_settings(config: RunConfig, inputs: list[InputFile]) -> dict[str, Any]:
     return {**config.settings(), "inputs": sorted(f.shard for f in inputs)}
 
 
+def changed_settings(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """The settings that differ between two runs' settings, less those of a stage that is off in
+    both (`X.enabled` false): its settings decide nothing, so a new default there does not make
+    another run."""
+    off = {k.removesuffix(".enabled") for k in before if k.endswith(".enabled") and not before[k]}
+    off &= {k.removesuffix(".enabled") for k in after if k.endswith(".enabled") and not after[k]}
+
+    def counts(key: str) -> bool:
+        return key.endswith(".enabled") or not any(key.startswith(f"{section}.") for section in off)
+
+    return sorted(k for k in before.keys() | after.keys() if counts(k) and before.get(k) != after.get(k))
+
+
 def fingerprint(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
 
@@ -319,8 +332,9 @@ class RunFolder:
             return None
         manifest = self.read_json(MANIFEST)
         if manifest["fingerprint"] != fingerprint(settings) and not force:
-            before = manifest["settings"]
-            changed = sorted(k for k in before.keys() | settings.keys() if before.get(k) != settings.get(k))
+            changed = changed_settings(manifest["settings"], settings)
+            if not changed:
+                return manifest
             shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
             raise RunConflict(
                 f"{self.url} holds a run of another config (changed: {shown}): "

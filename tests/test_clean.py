@@ -354,7 +354,8 @@ def test_clean_rows_carry_every_stage_column(clean_run):
     row = next(r for r in clean if r["doc_id"] == "part.jsonl:5")
     assert row["text"] == ZH[5]
     assert row["n_chars"] == len(ZH[5]) and row["n_tokens"] > 0 and 0 < row["ppl"] < 200
-    assert set(row) == {"doc_id", "source", "shard", "text", "title", "meta", "n_chars", "n_tokens", "ppl"}
+    assert set(row) == {"doc_id", "source", "shard", "record", "text", "title", "meta", "n_chars", "n_tokens", "ppl"}
+    assert row["record"] == 5  # its line in part.jsonl, as in its doc_id
 
 
 def test_clean_accounting_and_the_cut_in_the_report(clean_run):

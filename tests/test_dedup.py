@@ -35,7 +35,7 @@ def test_a_run_keeps_no_near_duplicate_and_removes_nothing_that_is_not_one(ray_c
     (tmp_path / "corpus" / "web.jsonl").write_bytes(jsonl([{"id": f"d{i}", "text": t} for i, t in enumerate(texts)]))
     config = parse_config(
         {
-            "sources": [{"name": "web", "format": "jsonl", "paths": [str(tmp_path / "corpus")]}],
+            "sources": [{"name": "web", "format": "jsonl", "id_field": "id", "paths": [str(tmp_path / "corpus")]}],
             "output": str(tmp_path / "run"),
             **DEDUP_ONLY,
         }
@@ -67,23 +67,25 @@ def instruction_rows(instructions: list[str]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=STREAM_SCHEMA.append(pa.field("instruction", pa.string())))
 
 
-def instruction_dedup(rows: pa.Table, **near) -> tuple[list[dict], dict]:
-    """The final flow's two instruction dedups over the rows; (rows out, the near dedup's LSH counts)."""
+def instruction_dedup(rows: pa.Table, shuffled: bool = False, **near) -> tuple[list[dict], dict]:
+    """The final flow's two instruction dedups over the rows; (rows out, the near dedup's LSH counts).
+    `shuffled`: as over a big input, grouped by Ray Data shuffles and a join, not in one task."""
     import ray.data
 
     context = RunContext(StorageOptions(), ("sky",))
-    stream = ExactDedup("instruction_exact_dedup", ExactDedupConfig(column="instruction"), context).apply(
-        ray.data.from_arrow(rows)
-    )
+    exact = ExactDedup("instruction_exact_dedup", ExactDedupConfig(column="instruction"), context)
     stage = NearDedup("instruction_near_dedup", NearDedupConfig(column="instruction", **near), context)
-    out = stage.apply(stream).take_all()
+    exact.rows = stage.rows = 10**6 if shuffled else rows.num_rows  # as a run of that size tells them
+    out = stage.apply(exact.apply(ray.data.from_arrow(rows))).take_all()
     return out, stage.report()["lsh"]
 
 
-@pytest.mark.parametrize("seed, verify", [(11, "jaccard"), (12, "signature")])
-def test_the_instruction_near_dedup_against_the_truth(ray_cluster, seed, verify):
+@pytest.mark.parametrize(
+    "seed, verify, shuffled", [(11, "jaccard", False), (12, "signature", True), (13, "jaccard", True)]
+)
+def test_the_instruction_near_dedup_against_the_truth(ray_cluster, seed, verify, shuffled):
     instructions = planted_corpus(seed=seed, documents=800, length=120)
-    out, _ = instruction_dedup(instruction_rows(instructions), verify=verify)
+    out, _ = instruction_dedup(instruction_rows(instructions), shuffled, verify=verify)
     assert len(out) == len(instructions)
     kept = {int(r["doc_id"][1:]) for r in out if r["reject_reason"] is None}
     assert {r["reject_reason"] for r in out} - {None} == {"exact_duplicate", "near_duplicate"}
@@ -117,7 +119,7 @@ def test_exact_dedup_removes_a_record_repeated_with_its_id_across_files_and_in_o
     )
     config = parse_config(
         {
-            "sources": [{"name": "web", "format": "jsonl", "paths": [str(corpus)]}],
+            "sources": [{"name": "web", "format": "jsonl", "id_field": "id", "paths": [str(corpus)]}],
             "output": str(tmp_path / "run"),
             **DEDUP_ONLY,
         }
@@ -126,7 +128,7 @@ def test_exact_dedup_removes_a_record_repeated_with_its_id_across_files_and_in_o
     clean = read_rows(tmp_path / "run" / "clean")
     rejects = read_rows(tmp_path / "run" / "rejects" / "exact_dedup")
     assert sorted(r["text"] for r in clean) == sorted([text, other])  # one row per text
-    assert {(r["shard"].rsplit("/", 1)[-1], r["record"]) for r in clean} == {("part-0.jsonl", 0), ("part-0.jsonl", 1)}
+    assert {(r["shard"].rsplit("/", 1)[-1], r["record"]) for r in clean} == {("part-0.jsonl", 1), ("part-0.jsonl", 2)}
     assert sorted((r["doc_id"], r["reason"]) for r in rejects) == [
         ("u1", "exact_duplicate"),
         ("u2", "exact_duplicate"),

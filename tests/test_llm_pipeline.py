@@ -28,10 +28,12 @@ def table(path) -> list[dict]:
 
 
 def jsonl_rows(folder) -> list[dict]:
+    """Rows of JSON Lines files: lines end at "\n" only (a string may hold U+2028, which splitlines() splits at)."""
     return [
         json.loads(line)
         for file in sorted(folder.glob("*.json*"))
-        for line in file.read_text(encoding="utf-8").splitlines()
+        for line in file.read_text(encoding="utf-8").split("\n")
+        if line
     ]
 
 
@@ -216,10 +218,10 @@ def test_final_dedup_on_the_instruction(ray_cluster):
         pa.Table.from_pylist(rows, schema=STREAM_SCHEMA.append(pa.field("instruction", pa.string())))
     )
     run = RunContext(StorageOptions(), ("sky",))
-    stream = ExactDedup("instruction_exact_dedup", ExactDedupConfig(column="instruction"), run).apply(stream)
-    stream = NearDedup(
-        "instruction_near_dedup", NearDedupConfig(threshold=0.5, ngram=2, column="instruction"), run
-    ).apply(stream)
+    exact = ExactDedup("instruction_exact_dedup", ExactDedupConfig(column="instruction"), run)
+    near = NearDedup("instruction_near_dedup", NearDedupConfig(threshold=0.5, ngram=2, column="instruction"), run)
+    exact.rows = near.rows = len(rows)  # as the run sizes their shuffles
+    stream = near.apply(exact.apply(stream))
     outcome = {r["doc_id"]: (r["reject_stage"], r["reject_detail"]) for r in stream.take_all()}
     assert outcome == {
         "d0": (None, None),
@@ -246,8 +248,8 @@ def test_the_engine_cuts_with_the_models_tokenizer_and_applies_its_chat_template
     engine = Engine(PolishTask(config), config, StorageOptions(), "polish")
     row = engine.preprocess({"doc_id": "d", "text": OVERLONG, "instruction": "长江有多长？"})
     cut = engine.truncate(OVERLONG)
-    assert OVERLONG.startswith(cut) and 0 < len(cut) <= 3  # three byte-level tokens a character, none split
-    assert 5 <= len(tokenizer.encode(cut, add_special_tokens=False)) < 8
+    assert OVERLONG.startswith(cut) and len(cut) == 1  # three byte-level tokens a character, none split
+    assert len(tokenizer.encode(OVERLONG[:2], add_special_tokens=False)) > 5 >= len(tokenizer.encode(cut))
     assert engine.truncate(ZH[1]) == ZH[1] or len(tokenizer.encode(ZH[1], add_special_tokens=False)) > 5
     prompt = row["prompt"]
     assert cut in prompt and OVERLONG not in prompt and ",请回答:长江有多长？" in prompt
@@ -267,7 +269,7 @@ def test_the_engine_cuts_with_the_models_tokenizer_and_applies_its_chat_template
     assert len(tokenizer.encode(row["instruction"], add_special_tokens=False)) <= 40 - frame
     assert row["prompt"].count(text) == 1 and row["instruction"] in row["prompt"]
     refused = engine.preprocess({"doc_id": "d", "text": OVERLONG, "instruction": instruction})
-    assert list(refused) == [ERROR_COLUMN] and "prompt_too_long" in refused[ERROR_COLUMN]
+    assert "prompt_too_long" in refused[ERROR_COLUMN] and refused["prompt"] == ""
 
 
 def test_logprob_choices_must_be_single_tokens(smoke_models):

@@ -183,7 +183,7 @@ def test_cli_sql_as_a_table_json_and_csv(local, kun_run, capsys):
     query = "SELECT source, doc_id, instruction FROM labeled ORDER BY doc_id"
     expected = local.sql(query).fetchall()
     code, out, _ = cli(capsys, "sql", str(kun_run[2]), query, "--json")
-    assert code == 0 and [tuple(json.loads(line).values()) for line in out.splitlines()] == expected
+    assert code == 0 and [tuple(json.loads(line).values()) for line in out.split("\n") if line] == expected
     code, out, _ = cli(capsys, "sql", str(kun_run[2]), query, "--csv")
     assert code == 0 and [tuple(r) for r in list(csv.reader(io.StringIO(out)))[1:]] == expected
     code, out, _ = cli(capsys, "sql", str(kun_run[2]), "SELECT source, text, doc_id FROM clean ORDER BY doc_id")

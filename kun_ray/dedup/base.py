@@ -8,6 +8,7 @@ that way, so Ray Data's `Min` aggregation picks the keeper without any Python pe
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import pyarrow as pa
@@ -18,12 +19,23 @@ from kun_ray.stages.base import Stage, Verdicts, on_live_rows
 SEPARATOR = "\x1f"
 
 
-def shuffle_partitions() -> int:
-    """Partitions of a dedup's hash aggregation: a few per CPU of the cluster, not Ray's fixed 200,
-    which on a small cluster costs more in per-partition overhead than the grouping itself."""
+#: Rows a shuffle partition of a dedup is sized for.
+ROWS_PER_PARTITION = 200_000
+#: Up to this many rows a dedup groups its input in one task, without a shuffle: a shuffle
+#: starts its own tasks and costs seconds whatever its size.
+ONE_TASK_ROWS = 20_000
+
+
+def shuffle_partitions(rows: int | None) -> int:
+    """Partitions of a dedup's shuffles, 0 for none (up to ONE_TASK_ROWS rows): one per
+    ROWS_PER_PARTITION rows, at most a few per CPU of the cluster (and 200); when the rows are
+    not known (a stage outside a run), a few per CPU."""
     import ray
 
-    return max(8, min(200, 2 * int(ray.cluster_resources().get("CPU", 1))))
+    most = max(8, min(200, 2 * int(ray.cluster_resources().get("CPU", 1))))
+    if rows is None:
+        return most
+    return 0 if rows <= ONE_TASK_ROWS else max(1, min(most, math.ceil(rows / ROWS_PER_PARTITION)))
 
 
 def source_ranks(sources: tuple[str, ...]) -> dict[str, int]:
@@ -47,7 +59,7 @@ def row_keys(rows: pa.Table, ranks: dict[str, int]) -> list[str]:
     """The order keys of rows (rows written before the record column have none: their doc_id stands)."""
     records = rows["record"].to_pylist() if "record" in rows.column_names else [None] * rows.num_rows
     return [
-        order_key(ranks[source], doc_id, shard, record)
+        order_key(ranks[source], doc_id, shard or "", record)
         for source, doc_id, shard, record in zip(
             rows["source"].to_pylist(), rows["doc_id"].to_pylist(), rows["shard"].to_pylist(), records
         )

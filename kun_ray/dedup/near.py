@@ -17,6 +17,9 @@ Signatures come from rensa's MinHash, a whole batch per call.  Then, with Ray Da
    A~B~C where A and C are not alike keeps A and C: nothing is removed for being like a
    document that was itself removed.  (The groups are formed on the driver from the verified
    edges; the distributed connected components of the scale issue replace that step.)
+
+A small input (dedup/base.py ONE_TASK_ROWS) is compared in one task, its band rows made there:
+a shuffle costs seconds whatever its size.
 """
 
 from __future__ import annotations
@@ -178,6 +181,8 @@ def _runs(keys: np.ndarray) -> list[tuple[int, int]]:
 
 def _bucket_members(block: pa.Table) -> pa.Table:
     """The rows of every bucket of two or more (a block holds whole buckets, sorted by band_key)."""
+    if block.num_rows == 0:
+        return block
     keys = block["band_key"].to_numpy()
     take = [i for start, end in _runs(keys) for i in range(start, end)]
     return block.take(pa.array(take, pa.int64()))
@@ -200,36 +205,97 @@ def _doc_rows(batch: pa.Table, ranks: dict[str, int], config: NearDedupConfig, c
     return pa.table(columns)
 
 
+def _joined(batch: pa.Table, value: pa.DataType) -> pa.Table:
+    """The join's rows with every column (Ray Data's join gives an empty partition the right side's only)."""
+    schema = pa.schema(
+        [("band_key", pa.uint64()), ("band", pa.int32()), ("order_key", pa.string()),
+         ("bands", pa.list_(pa.uint64())), ("value", value)]
+    )  # fmt: skip
+    if batch.num_rows == 0:
+        return schema.empty_table()
+    return pa.table({f.name: batch[f.name].cast(f.type) for f in schema}, schema=schema)
+
+
 def _verified_edges(block: pa.Table, config: NearDedupConfig) -> pa.Table:
-    """The pairs of each bucket at or above the threshold, each from the first band the pair shares,
-    and one row (member null) counting the candidates compared."""
+    """The verified edges of the buckets of a block of band rows that holds whole buckets, each
+    row with its document's order key, band hashes and value (the join's rows)."""
+    if block.num_rows == 0:
+        return _edges_table([], [], [], 0)
     block = block.sort_by([("band_key", "ascending"), ("order_key", "ascending")])
-    keys = block["band_key"].to_numpy()
-    band = block["band"].to_numpy()
-    members, keepers, similarities = [], [], []
+    rows = np.arange(block.num_rows)
+    return _compare(
+        block["band_key"].to_numpy(),
+        block["band"].to_numpy(),
+        rows,
+        block["order_key"].to_pylist(),
+        np.asarray(block["bands"].to_pylist(), dtype=np.uint64),
+        block["value"].to_pylist(),
+        config,
+    )
+
+
+def _edges_of_docs(block: pa.Table, config: NearDedupConfig) -> pa.Table:
+    """The verified edges among the documents of one block (a small input, in one task): its
+    band rows are made here, without a shuffle."""
+    if block.num_rows == 0:
+        return _edges_table([], [], [], 0)
+    order = block["order_key"].to_pylist()
+    bands = np.asarray(block["bands"].to_pylist(), dtype=np.uint64)
+    count, width = bands.shape
+    rank = np.argsort(np.argsort(np.asarray(order, dtype=object)))  # each document's place in key order
+    band_key, band = bands.reshape(-1), np.tile(np.arange(width, dtype=np.int32), count)
+    doc = np.repeat(np.arange(count), width)
+    sort = np.lexsort((rank[doc], band_key))
+    return _compare(band_key[sort], band[sort], doc[sort], order, bands, block["value"].to_pylist(), config)
+
+
+def _compare(
+    band_key: np.ndarray,
+    band: np.ndarray,
+    doc: np.ndarray,
+    order: list[str],
+    bands: np.ndarray,
+    values: list[Any],
+    config: NearDedupConfig,
+) -> pa.Table:
+    """The pairs of each bucket at or above the threshold, each compared in the first band the
+    pair shares, and one row (member null) counting the candidates compared.
+
+    Band rows are sorted by band hash, then order key; `doc[i]` is band row i's document, whose
+    order key, band hashes and value are `order`, `bands` and `values` at that index.
+    """
+    members: list[str] = []
+    keepers: list[str] = []
+    similarities: list[float] = []
     compared = 0
-    for start, end in _runs(keys):
-        order = block["order_key"].slice(start, end - start).to_pylist()
-        bands = np.asarray(block["bands"].slice(start, end - start).to_pylist(), dtype=np.uint64)
-        values = block["value"].slice(start, end - start).to_pylist()
-        if config.verify == "jaccard":
-            sets = shingle_sets(values, config.ngram)
-        else:
-            values = [np.asarray(v, dtype=np.uint64) for v in values]
+    sets: dict[int, np.ndarray] = {}
+
+    def alike(a: int, b: int) -> float:
+        if config.verify == "signature":
+            return float(np.mean(np.asarray(values[a], dtype=np.uint64) == np.asarray(values[b], dtype=np.uint64)))
+        for d in (a, b):
+            if d not in sets:
+                sets[d] = shingle_sets([values[d]], config.ngram)[0]
+        return jaccard(sets[a], sets[b])
+
+    for start, end in _runs(band_key):
         here = int(band[start])
-        for j in range(1, end - start):
+        bucket = doc[start:end]
+        for j in range(1, len(bucket)):
             for i in range(min(j, MAX_BUCKET)):
-                if here and (bands[i, :here] == bands[j, :here]).any():
+                a, b = int(bucket[i]), int(bucket[j])
+                if here and (bands[a, :here] == bands[b, :here]).any():
                     continue  # compared in an earlier band the pair shares
                 compared += 1
-                if config.verify == "jaccard":
-                    similarity = jaccard(sets[i], sets[j])
-                else:
-                    similarity = float(np.mean(values[i] == values[j]))
+                similarity = alike(a, b)
                 if similarity >= config.threshold:
-                    members.append(order[j])
-                    keepers.append(order[i])
+                    members.append(order[b])
+                    keepers.append(order[a])
                     similarities.append(similarity)
+    return _edges_table(members, keepers, similarities, compared)
+
+
+def _edges_table(members: list[str], keepers: list[str], similarities: list[float], compared: int) -> pa.Table:
     return pa.table(
         {
             "member": pa.array([*members, None], pa.string()),
@@ -290,19 +356,28 @@ class NearDedup(DedupStage):
     def apply(self, stream: ray.data.Dataset) -> ray.data.Dataset:
         """Reject every live row alike (verified) to a row kept before it in the stable order."""
         ranks, column, config = source_ranks(self.run.sources), self.config.column, self.config
-        partitions = shuffle_partitions()
-        members = (
-            self.map(stream, _band_rows, ranks=ranks, config=config, column=column)
-            .repartition(partitions, keys=["band_key"], sort=True)
-            .map_batches(_bucket_members, batch_size=None, batch_format="pyarrow")
-        )
+        partitions = shuffle_partitions(self.rows)
         docs = self.map(stream, _doc_rows, ranks=ranks, config=config, column=column)
-        found = (
-            members.join(docs, "inner", partitions, on=("order_key",))
-            .repartition(partitions, keys=["band_key"], sort=True)
-            .map_batches(_verified_edges, batch_size=None, batch_format="pyarrow", fn_kwargs={"config": config})
-            .take_all()
-        )
+        if partitions == 0:  # a small input: one block, one task, no shuffle
+            found = (
+                docs.repartition(1)
+                .map_batches(_edges_of_docs, batch_size=None, batch_format="pyarrow", fn_kwargs={"config": config})
+                .take_all()
+            )
+        else:
+            members = (
+                self.map(stream, _band_rows, ranks=ranks, config=config, column=column)
+                .repartition(partitions, keys=["band_key"], sort=True)
+                .map_batches(_bucket_members, batch_size=None, batch_format="pyarrow")
+            )
+            value = pa.large_string() if config.verify == "jaccard" else pa.list_(pa.uint64())
+            found = (
+                members.join(docs, "inner", partitions, on=("order_key",))
+                .map_batches(_joined, batch_format="pyarrow", fn_kwargs={"value": value})
+                .repartition(partitions, keys=["band_key"], sort=True)
+                .map_batches(_verified_edges, batch_size=None, batch_format="pyarrow", fn_kwargs={"config": config})
+                .take_all()
+            )
         edges = [(e["member"], e["keeper"]) for e in found if e["member"] is not None]
         keepers = first_keepers(edges)
         bands, rows = lsh_bands(config.threshold, config.num_perm, config.recall)

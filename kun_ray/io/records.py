@@ -21,8 +21,9 @@ DOCUMENT_SCHEMA = pa.schema(
         ("doc_id", pa.string()),
         ("source", pa.string()),
         ("shard", pa.string()),  # the input file it came from: the unit a run commits and resumes by
-        # The record's position in its shard (null for a file that could not be read at all): with
-        # source and shard it names the row even where a corpus repeats an id.
+        # The record's position in its shard as its reader counts (a line, an array element, a row;
+        # null for a file that could not be read at all): with source and shard it names the row
+        # even where a corpus repeats an id.
         ("record", pa.int64()),
         ("text", pa.large_string()),
         ("title", pa.string()),

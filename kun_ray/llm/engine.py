@@ -133,10 +133,10 @@ class Engine:
         return len(self.tokenizer()(text, add_special_tokens=False)["input_ids"])
 
     def head(self, text: str, n: int) -> str:
-        """The text's first n tokens (Tokens.head), cut at a character boundary: a character split
-        over byte-level tokens is kept whole."""
+        """The text's first n tokens at most (Tokens.head), cut at a character boundary: a
+        character split over byte-level tokens goes whole, with the token after the n-th."""
         offsets = self.tokenizer()(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-        return text if len(offsets) <= n else text[: offsets[n - 1][1]]
+        return text if len(offsets) <= n else text[: offsets[n][0]]
 
     def prompt(self, messages: list[dict[str, str]]) -> str:
         """The messages as the model reads them: its chat template (as Ray Data LLM's chat
@@ -154,18 +154,19 @@ class Engine:
         return text if limit is None else self.head(text, limit)
 
     def preprocess(self, row: dict[str, Any]) -> dict[str, Any]:
+        # Every row carries every key: rows are one Arrow struct column inside the processor, and
+        # a key missing from some rows reads as null there (a live row's null error is taken for
+        # an error; sampling parameters beside nulls come back as floats, which vLLM refuses).
+        out = {**row, "prompt": "", "sampling_params": self.sampling_params({}), ERROR_COLUMN: ""}
         if row.get("reject_reason") is not None:
-            return {ERROR_COLUMN: DEAD}
+            return {**out, ERROR_COLUMN: DEAD}
         request = self.task.request({**row, "text": self.truncate(row["text"])}, self)
         if request.refused is not None:
             reason, detail = request.refused
-            return {ERROR_COLUMN: f"{REFUSED}{reason}{REFUSED}{detail}"}
-        out = {**row, **request.updates}
+            return {**out, ERROR_COLUMN: f"{REFUSED}{reason}{REFUSED}{detail}"}
+        out.update(request.updates)
         out["prompt"] = self.prompt(request.messages)
         out["sampling_params"] = self.sampling_params(request.sampling)
-        # Said outright: rows are one Arrow struct column inside the processor, and a live row
-        # missing the key would read as null there, which Ray Data LLM takes for an error.
-        out[ERROR_COLUMN] = ""
         return out
 
     def postprocess(self, row: dict[str, Any], carried: list[str]) -> dict[str, Any]:

@@ -46,7 +46,7 @@ class Tokens(Protocol):
     def count(self, text: str) -> int: ...
 
     def head(self, text: str, n: int) -> str:
-        """The text's first n tokens (n >= 1), cut at a character boundary."""
+        """The text's first n tokens at most (n >= 1), cut at a character boundary."""
         ...
 
 

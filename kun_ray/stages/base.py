@@ -89,6 +89,9 @@ class Stage:
         self.fixed: dict[str, Any] | None = None
         #: The schema of the rows it gets, as the plan knows it (None outside a plan).
         self.input_schema: pa.Schema | None = None
+        #: At most how many rows it gets, when the run knows (its flow's input): a global stage
+        #: sizes its shuffles by it.
+        self.rows: int | None = None
 
     @classmethod
     def build(
