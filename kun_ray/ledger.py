@@ -196,6 +196,8 @@ class Ledger:
         self.stages = list(stages or [])
         self.shards: dict[str, ShardCommit] = {}
         self.whole = False
+        #: What a whole flow's stages reported when it ran (report.json's entries beside the counts).
+        self.reports: dict[str, dict[str, Any]] = {}
         for name in folder.list_names(f"_commits/{flow}"):
             if name.endswith(".json"):
                 data = folder.read_json(f"_commits/{flow}/{name}")
@@ -203,14 +205,21 @@ class Ledger:
                     self.shards[shard] = ShardCommit.from_json(commit)
                 self.stages = self.stages or data.get("stages", [])
                 self.whole |= name == f"{WHOLE}.json"
+                self.reports.update(data.get("reports", {}))
 
-    def commit(self, shards: dict[str, ShardCommit], whole: bool = False) -> None:
-        """Record shards as done: one file per shard, or one for the whole flow."""
+    def commit(
+        self, shards: dict[str, ShardCommit], whole: bool = False, reports: dict[str, dict[str, Any]] | None = None
+    ) -> None:
+        """Record shards as done: one file per shard, or one for the whole flow (with what its
+        stages reported)."""
         key = WHOLE if whole else commit_key(next(iter(shards)))
         assert whole or len(shards) == 1
         if self.lease is not None:
             self.lease.confirm()
-        payload = {"stages": self.stages, "shards": {s: c.to_json() for s, c in shards.items()}}
+        payload: dict[str, Any] = {"stages": self.stages, "shards": {s: c.to_json() for s, c in shards.items()}}
+        if reports:
+            payload["reports"] = {name: report for name, report in reports.items() if report}
+            self.reports.update(payload["reports"])
         self.folder.write_json(f"_commits/{self.flow}/{key}.json", payload)
         self.shards.update(shards)
         self.whole |= whole

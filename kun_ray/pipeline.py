@@ -163,7 +163,7 @@ class RunFlows:
                             f for commit in shards.values() for f in commit.files if f.startswith(flow.output + "/")
                         ),
                     )
-                ledger.commit(shards, whole=True)
+                ledger.commit(shards, whole=True, reports={stage.name: stage.report() for stage in flow.stages})
                 ledger.collect_garbage(folders)
         else:
             pending = {shard: kept for shard, kept in upstream.kept().items() if kept and shard not in ledger.shards}
@@ -174,7 +174,8 @@ class RunFlows:
                 _, done = drain(_written(stream, self._writer(flow.output, sums)), ledger, pending, len(pending))
                 ledger.collect_garbage(folders)
         timing = self._timing(ledger, resumed, clock, done)
-        extras = {stage.name: stage.report() for stage in flow.stages}
+        # A whole flow resumed keeps what its stages reported when it ran (near dedup's LSH counts).
+        extras = {stage.name: {**ledger.reports.get(stage.name, {}), **stage.report()} for stage in flow.stages}
         for stage in flow.stages:
             if isinstance(stage, LLMStage):
                 generated = done.sums[stage.tokens_column]

@@ -134,7 +134,7 @@ def test_every_record_ends_clean_or_rejected_by_one_stage(corpus, local_run):
 def test_document_schema(local_run):
     out, _ = local_run
     schema = pads.dataset(str(out / "documents"), format="parquet").schema
-    assert schema.names == ["doc_id", "source", "shard", "text", "title", "meta"]
+    assert schema.names == ["doc_id", "source", "shard", "record", "text", "title", "meta"]
 
 
 def test_report_accounts_for_every_record(corpus, local_run):

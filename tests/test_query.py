@@ -19,6 +19,7 @@ from rich.cells import cell_len
 
 import kun_ray
 from kun_ray.cli import main
+from kun_ray.llm.polish import clean_instruction
 from kun_ray.query import Run, RunNotFound
 
 STAGES = ["documents", "filtered", "clean", "labeled", "scored", "polished", "final"]
@@ -124,7 +125,8 @@ def test_trace_of_a_kept_pair_shows_what_each_stage_added(kun_run, local):
     trace = local.trace(final["doc_id"], source=final["source"])
     assert [s.stage for s in trace.steps] == STAGES and trace.dropped is None
     added = {s.stage: s.added for s in trace.steps}
-    assert added["labeled"]["instruction"] == final["instruction"]
+    # labelled as written; polish cleaned it (Kun's instruction cleaning)
+    assert clean_instruction(added["labeled"]["instruction"]) == (final["instruction"], None)
     assert added["scored"]["score"] == pytest.approx(final["score"]) and added["polished"]["answer"] == final["answer"]
     assert trace.outcome == "kept through final"
     with pytest.raises(RunNotFound, match="no document 'nope' in any committed stage"):
