@@ -22,5 +22,12 @@ def repetition_detail(text: str, max_unit_chars: int, max_repeats: int) -> str |
     return f"{unit!r} repeated {len(match.group(0)) // len(unit)} times in a row (max {max_repeats})"
 
 
+def starts_repeating(text: str, repeats: int) -> str | None:
+    """Kun's detect_repetition_improved (COIG-Kun script/delete_key_output.py:3-15): the unit that
+    the text starts with `repeats` times in a row, of any length, or None."""
+    match = re.match(rf"(.+?)\1{{{repeats - 1}}}", text, re.DOTALL)
+    return match.group(1) if match else None
+
+
 def first_keyword(text: str, keywords: list[str]) -> str | None:
     return next((k for k in keywords if k in text), None)

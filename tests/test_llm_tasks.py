@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 from kun_ray.config import ConfigError
 from kun_ray.io.export import alpaca_rows, messages_rows
 from kun_ray.llm.label import LabelConfig, LabelTask, as_written
-from kun_ray.llm.polish import PolishConfig, PolishTask, clean_instruction, starts_repeating
+from kun_ray.llm.polish import PolishConfig, PolishTask, clean_instruction
 from kun_ray.llm.score import ScoreConfig, ScoreTask, expected_value, parse_kun_verdict, parse_rating
 from kun_ray.plan import parse_config
+from kun_ray.text import starts_repeating
 
 MODEL = {"model": "some/model"}
 TEXT = "长江是中国第一长河，全长约六千三百公里，流经青藏高原、四川盆地，最后注入东海。"

@@ -29,7 +29,7 @@ from kun_ray.config.base import since
 from kun_ray.llm.prompts import check_fields, load_template, render
 from kun_ray.llm.stage import LLMStage, LLMStageConfig, SamplingConfig
 from kun_ray.llm.task import Parsed, Request, Tokens, clip, user
-from kun_ray.text import first_keyword
+from kun_ray.text import first_keyword, starts_repeating
 
 KUN_ANSWER_KEYWORDS = ["作为", "根据", "知识库", "2023", "抱歉"]
 
@@ -78,13 +78,6 @@ def clean_instruction(instruction: str) -> tuple[str, str | None]:
     if text.startswith(longest):
         return longest, None
     return text, "repeated_lines"
-
-
-def starts_repeating(text: str, repeats: int) -> str | None:
-    """Kun's detect_repetition_improved (delete_key_output.py:3-15): the unit that the text
-    starts with `repeats` times in a row, of any length, or None."""
-    match = re.match(rf"(.+?)\1{{{repeats - 1}}}", text, re.DOTALL)
-    return match.group(1) if match else None
 
 
 def answer_verdict(generated: str, config: PolishConfig) -> tuple[str | None, str | None]:
