@@ -40,7 +40,17 @@ LONG = "".join(ZH)  # about 330 characters of ordinary Chinese
 
 def test_normalize_strips_controls_and_collapses_whitespace():
     raw = "\ufeff长江\u200b是中国\x00第一长河。\r\n\r\n\r\n\t全长　　约 六千三百公里。  \n\n\n\n注入东海\x07"
-    assert normalize_text(raw) == "长江是中国第一长河。\n\n全长 约 六千三百公里。\n\n注入东海"
+    assert normalize_text(raw) == "长江是中国第一长河。\n\n\t全长 约 六千三百公里。\n\n注入东海"
+
+
+def test_normalize_keeps_indentation_and_line_structure():
+    code = "def f(x):\n    if x:\n\t\treturn [1,  2]\n\n- 一\n  - 二\n    - 三"
+    assert normalize_text(code) == "def f(x):\n    if x:\n\t\treturn [1, 2]\n\n- 一\n  - 二\n    - 三"
+    assert normalize_text("  \n\n    缩进的第一行  \n  \n \n\n第二段\t \n") == "    缩进的第一行\n\n第二段"
+    assert (
+        normalize_text("\u3000\u3000段落首行缩进。\n\u00a0下一行") == "段落首行缩进。\n下一行"
+    )  # typography, not structure
+    assert normalize_text(" \t \n\u3000\n") == ""
 
 
 def test_normalize_keeps_whitespace_when_told_and_nfkc_is_optional():
