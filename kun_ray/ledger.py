@@ -264,16 +264,18 @@ class Ledger:
 
 
 class Progress:
-    """A summary line in the log every `every_s` seconds while a flow runs."""
+    """A summary line in the log every `every_s` seconds while a flow runs, and one when it ends."""
 
     def __init__(self, flow: str, shards: int, every_s: float):
         self.flow, self.shards, self.every_s = flow, shards, every_s
         self.started = self.last = time.monotonic()
+        self.logged: tuple[int, int] | None = None  # (committed, rows) of the last line
 
-    def update(self, committed: int, rows: int, kept: int) -> None:
+    def update(self, committed: int, rows: int, kept: int, last: bool = False) -> None:
+        """Log the line if `every_s` has passed since the last one, or if this is the flow's `last` update."""
         now = time.monotonic()
-        if now - self.last >= self.every_s:
-            self.last = now
+        if self.logged != (committed, rows) if last else now - self.last >= self.every_s:
+            self.last, self.logged = now, (committed, rows)
             elapsed = now - self.started
             logger.info(
                 "%s: %d/%d shards committed, %s rows written (%s kept) in %.0f s, %.1f rows/s",
@@ -319,6 +321,7 @@ def drain(
                 ledger.commit({shard: open_shards.pop(shard)})
                 committed += 1
         progress.update(committed, done.rows, done.kept)
+    progress.update(committed, done.rows, done.kept, last=True)
     if not whole and open_shards:
         short = ", ".join(f"{s} ({c.rows} of {(expected or {}).get(s)})" for s, c in list(open_shards.items())[:5])
         raise RuntimeError(f"{ledger.flow}: rows went missing: shards not fully written: {short}")

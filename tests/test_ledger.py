@@ -73,7 +73,7 @@ def test_stray_files_are_collected_and_committed_ones_kept(folder, tmp_path):
     assert sorted(p.name for p in (tmp_path / "run" / "documents").iterdir()) == ["kept.parquet"]
 
 
-def test_progress_lines_while_a_flow_runs(folder):
+def _progress_lines(folder, every_s: float) -> list[str]:
     printed = io.StringIO()
     handler = logging.StreamHandler(printed)
     logger = logging.getLogger("kun_ray")
@@ -85,15 +85,25 @@ def test_progress_lines_while_a_flow_runs(folder):
             Ledger(folder, "label"),
             {"a": 2, "b": 3},
             2,
-            progress_every_s=0,
+            progress_every_s=every_s,
         )
     finally:
         logger.removeHandler(handler)
-    lines = printed.getvalue().splitlines()
+    return [line for line in printed.getvalue().splitlines() if "shards committed" in line]
+
+
+def test_progress_lines_while_a_flow_runs(folder):
+    lines = _progress_lines(folder, every_s=0)
+    assert len(lines) == 2  # the flow's last line is not logged twice
     assert lines[0].startswith("label: 1/2 shards committed, 2 rows written (2 kept) in ")
     assert lines[-1].startswith("label: 2/2 shards committed, 5 rows written (3 kept) in ") and lines[-1].endswith(
         "rows/s"
     )
+
+
+def test_a_flow_that_ends_before_the_interval_still_logs_its_last_line(folder):
+    lines = _progress_lines(folder, every_s=3600)
+    assert len(lines) == 1 and lines[0].startswith("label: 2/2 shards committed, 5 rows written (3 kept) in ")
 
 
 def test_the_read_flow_writes_a_shard_as_one_file_per_folder(tmp_path):
