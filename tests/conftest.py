@@ -14,10 +14,13 @@ from pathlib import Path
 
 import pytest
 
-# Test-only credentials for the loopback S3 server. Set before Ray starts so its workers inherit them.
+# Test-only credentials for the loopback S3 server, and a made-up Hugging Face token. Set before
+# Ray starts so its workers inherit them: tests/test_pipeline.py looks for them in every log.
 S3_KEY, S3_SECRET = "kunray-test-key", "kunray-test-secret-7f3a"
+HF_TOKEN = "hf_KUNRAYfakeSECRET0123456789"
 os.environ["AWS_ACCESS_KEY_ID"] = S3_KEY
 os.environ["AWS_SECRET_ACCESS_KEY"] = S3_SECRET
+os.environ["HF_TOKEN"] = HF_TOKEN
 
 BUCKETS = ("corpora", "runs")
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pytest
 import yaml
-from conftest import S3_KEY, S3_SECRET
+from conftest import HF_TOKEN, S3_KEY, S3_SECRET
 from corpus import build_corpus
 from faults import FaultProxy
 
@@ -335,14 +333,13 @@ def test_storage_options_reach_s3fs(s3, s3_corpus):
         plan_inputs(anonymous)
 
 
-def test_secrets_appear_nowhere_a_run_writes_or_prints(s3, s3_corpus, corpus, tmp_path):
-    """A CLI run on its own Ray, S3 to S3, with credentials in the environment: search the run
-    folder, Ray's whole session folder (every log) and everything printed; then a failing run."""
-    fake_token = "hf_KUNRAYfakeSECRET0123456789"
-    secrets = [S3_KEY.encode(), S3_SECRET.encode(), fake_token.encode()]
-    ray_tmp = Path(tempfile.mkdtemp(prefix="kr-", dir="/tmp"))  # short: Ray's socket paths live here
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_TMPDIR=str(ray_tmp), HF_TOKEN=fake_token)
+def test_secrets_appear_nowhere_a_run_writes_or_prints(ray_cluster, s3, s3_corpus, corpus, tmp_path):
+    """A CLI run S3 to S3 with credentials in the environment, then a failing run: search the run
+    folder, everything printed, and the session's Ray folder: every log of every run so far."""
+    import ray
+
+    secrets = [S3_KEY.encode(), S3_SECRET.encode(), HF_TOKEN.encode()]
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster}
 
     def cli(output: str | dict) -> subprocess.CompletedProcess:
         config = tmp_path / "run.yaml"
@@ -357,26 +354,24 @@ def test_secrets_appear_nowhere_a_run_writes_or_prints(s3, s3_corpus, corpus, tm
             env=env,
         )
 
-    try:
-        done = cli("s3://runs/secrets")
-        assert done.returncode == 0, done.stderr[-3000:]
-        failed = cli(
-            {"path": "s3://runs/unreachable", "storage": {"endpoint_url": "http://127.0.0.1:9"}}
-        )  # nothing listens
-        assert failed.returncode == 1 and "127.0.0.1:9" in failed.stderr, failed.stderr[-3000:]
-        fs = s3.fs()
-        fs.invalidate_cache()
-        written = {path: fs.cat(path) for path in fs.find("runs/secrets")}
-        assert {"runs/secrets/report.json", "runs/secrets/manifest.json"} <= set(written)
-        logs = {str(p): p.read_bytes() for p in ray_tmp.rglob("*") if p.is_file() and not p.is_symlink()}
-        assert any("/logs/" in p for p in logs)
-        printed = {
-            "stdout": done.stdout.encode(),
-            "stderr": done.stderr.encode(),
-            "failed": (failed.stdout + failed.stderr).encode(),
-        }
-        for where, data in {**written, **logs, **printed}.items():
-            for secret in secrets:
-                assert secret not in data, f"{secret!r} in {where}"
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+    done = cli("s3://runs/secrets")
+    assert done.returncode == 0, done.stderr[-3000:]
+    failed = cli(
+        {"path": "s3://runs/unreachable", "storage": {"endpoint_url": "http://127.0.0.1:9", "retries": 2}}
+    )  # nothing listens
+    assert failed.returncode == 1 and "127.0.0.1:9" in failed.stderr, failed.stderr[-3000:]
+    fs = s3.fs()
+    fs.invalidate_cache()
+    written = {path: fs.cat(path) for path in fs.find("runs/secrets")}
+    assert {"runs/secrets/report.json", "runs/secrets/manifest.json"} <= set(written)
+    session = Path(ray._private.worker.global_worker.node.get_session_dir_path())
+    logs = {str(p): p.read_bytes() for p in session.rglob("*") if p.is_file() and not p.is_symlink()}
+    assert sum("/logs/worker-" in p for p in logs) > 2  # the workers of this run and of the runs before it
+    printed = {
+        "stdout": done.stdout.encode(),
+        "stderr": done.stderr.encode(),
+        "failed": (failed.stdout + failed.stderr).encode(),
+    }
+    for where, data in {**written, **logs, **printed}.items():
+        for secret in secrets:
+            assert secret not in data, f"{secret!r} in {where}"

@@ -159,55 +159,9 @@ def test_the_ready_training_and_loop_configs_validate():
 
 
 @pytest.fixture(scope="module")
-def trained(ray_cluster, smoke_models, tmp_path_factory):
-    """The label model: 8 seed pairs turned around, 2 Ray Train workers on the CPU."""
-    from kun_ray.train.trainer import train
-
-    folder = tmp_path_factory.mktemp("train")
-    (folder / "seed.jsonl").write_text(
-        "\n".join(json.dumps({"instruction": p.instruction, "output": p.output}, ensure_ascii=False) for p in SEED),
-        encoding="utf-8",
-    )
-    keys = {
-        "role": "label", "base_model": str(smoke_models["chat_model"]), "seed": ["seed.jsonl"], "output": "out",
-        "epochs": 8, "learning_rate": 3e-3, "batch_size": 2, "warmup_ratio": 0.0, "dtype": "float32",
-        "scaling": {"num_workers": 2, "use_gpu": False, "cpus_per_worker": 0.5},
-    }  # fmt: skip
-    return folder, keys, train(parse_train_config(keys, base=folder))
-
-
-def test_two_workers_train_and_the_loss_goes_down(trained):
-    folder, _, report = trained
-    assert (
-        report["examples"] == 8 and report["workers"] == 2 and report["steps"] == 16 and report["steps_per_epoch"] == 2
-    )
-    first, last = report["loss"][0], report["loss"][-1]
-    assert last < 0.5 * first, report["loss"]
-    assert json.loads((folder / "out" / "train_report.json").read_text(encoding="utf-8")) == report
-    checkpoints = [p for p in (folder / "out" / "ray-train").glob("checkpoint_*") if p.is_dir()]
-    assert len(checkpoints) == 2  # keep_checkpoints: the newest two of one per epoch
-    assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja"} <= {
-        p.name for p in (folder / "out" / "model").iterdir()
-    }
-
-
-def test_a_second_training_into_the_same_output_resumes_from_its_last_checkpoint(trained, capsys):
-    import yaml
-
-    from kun_ray.cli import main
-
-    folder, keys, first = trained
-    (folder / "train.yaml").write_text(yaml.safe_dump(keys, allow_unicode=True), encoding="utf-8")
-    assert main(["train", str(folder / "train.yaml"), "--set", "epochs=9"]) == 0
-    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    report = json.loads((folder / "out" / "train_report.json").read_text(encoding="utf-8"))
-    assert (
-        report["steps"] == printed["steps"] == 18 and len(report["loss"]) == 18
-    )  # steps 1-16 from the first run's checkpoint, then 17-18
-    assert report["loss"][:16] == first["loss"] and printed["model"] == str(folder / "out" / "model")
-
-
-def test_seed_from_s3_as_jsonl_and_parquet_checkpoints_and_model_to_s3(ray_cluster, smoke_models, s3):
+def trained(ray_cluster, smoke_models, s3):
+    """The label model: 8 seed pairs turned around (on S3, half JSONL, half Parquet), 2 Ray Train
+    workers on the CPU, checkpoints and the model written to S3."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -223,17 +177,46 @@ def test_seed_from_s3_as_jsonl_and_parquet_checkpoints_and_model_to_s3(ray_clust
     with fs.open("corpora/seed/part-2.parquet", "wb") as f:
         pq.write_table(pa.Table.from_pylist([{"instruction": p.instruction, "output": p.output} for p in SEED[4:]]), f)
     keys = {
-        "role": "chat", "base_model": str(smoke_models["chat_model"]), "seed": ["s3://corpora/seed/*"], "output": "s3://runs/train-s3",
-        "epochs": 1, "batch_size": 2, "dtype": "float32", "storage": s3.storage(), "scaling": {"num_workers": 2, "use_gpu": False, "cpus_per_worker": 0.5},
+        "role": "label", "base_model": str(smoke_models["chat_model"]), "seed": ["s3://corpora/seed/*"], "output": "s3://runs/train",
+        "epochs": 8, "learning_rate": 3e-3, "batch_size": 2, "warmup_ratio": 0.0, "dtype": "float32", "storage": s3.storage(),
+        "scaling": {"num_workers": 2, "use_gpu": False, "cpus_per_worker": 0.5},
     }  # fmt: skip
-    report = train(parse_train_config(keys))
-    assert report["seed_pairs"] == 8 and report["examples"] == 8 and report["steps"] == 2
+    return keys, train(parse_train_config(keys))
+
+
+def test_two_workers_train_and_the_loss_goes_down(trained, s3):
+    _, report = trained
+    assert report["seed_pairs"] == 8 and report["examples"] == 8 and report["workers"] == 2
+    assert report["steps"] == 16 and report["steps_per_epoch"] == 2
+    first, last = report["loss"][0], report["loss"][-1]
+    assert last < 0.5 * first, report["loss"]
+    fs = s3.fs()
     fs.invalidate_cache()
-    assert json.loads(fs.cat_file("runs/train-s3/train_report.json")) == report
-    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {
-        p.rsplit("/", 1)[-1] for p in fs.ls("runs/train-s3/model")
+    assert json.loads(fs.cat_file("runs/train/train_report.json")) == report
+    # keep_checkpoints: the newest two of one per epoch hold files (SeaweedFS lists the folders of deleted ones)
+    checkpoints = {p.split("/")[3] for p in fs.find("runs/train/ray-train") if "/checkpoint_2" in p}
+    assert len(checkpoints) == 2, checkpoints
+    assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja"} <= {
+        p.rsplit("/", 1)[-1] for p in fs.ls("runs/train/model")
     }
-    assert any(p.rsplit("/", 1)[-1].startswith("checkpoint_") for p in fs.ls("runs/train-s3/ray-train"))
+
+
+def test_a_second_training_into_the_same_output_resumes_from_its_last_checkpoint(trained, s3, tmp_path, capsys):
+    import yaml
+
+    from kun_ray.cli import main
+
+    keys, first = trained
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(keys, allow_unicode=True), encoding="utf-8")
+    assert main(["train", str(tmp_path / "train.yaml"), "--set", "epochs=9"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    fs = s3.fs()
+    fs.invalidate_cache()
+    report = json.loads(fs.cat_file("runs/train/train_report.json"))
+    assert (
+        report["steps"] == printed["steps"] == 18 and len(report["loss"]) == 18
+    )  # steps 1-16 from the first run's checkpoint on S3, then 17-18
+    assert report["loss"][:16] == first["loss"] and printed["model"] == "s3://runs/train/model"
 
 
 def test_the_humpback_loop_curates_trains_and_recurates_with_the_trained_model(ray_cluster, smoke_models, tmp_path):
