@@ -78,11 +78,12 @@ def _stdout_for_the_report() -> TextIO:
 
 
 def _run(config: RunConfig, inputs: list[InputFile], progress: bool, fresh: bool, force: bool, as_json: bool) -> int:
-    from kun_ray.pipeline import run, take_lease
+    from kun_ray.pipeline import run, starting_point, take_lease
     from kun_ray.report import format_flows, format_table
 
     if not fresh:  # before Ray starts: a run folder of another config stops here
-        RunFolder.of(config).check(run_settings(config, inputs), force)
+        start = starting_point(config)
+        RunFolder.of(config).check(run_settings(config, inputs, start.manifest if start else None), force)
     _log_to_stderr()
     with take_lease(config) as lease:  # before Ray starts: a folder another driver writes stops here
         out = _stdout_for_the_report()

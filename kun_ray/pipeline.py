@@ -21,6 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +29,7 @@ import pyarrow as pa
 import ray.data
 
 from kun_ray import __version__, crash
+from kun_ray.config.base import ConfigError
 from kun_ray.config.run import RunConfig
 from kun_ray.io.export import alpaca_rows, messages_rows
 from kun_ray.io.read import InputFile, file_blocks, input_files, plan_inputs
@@ -36,7 +38,7 @@ from kun_ray.ledger import BlockWriter, Ledger, ShardCommit, drain, write_block
 from kun_ray.llm.stage import LLMStage
 from kun_ray.plan import Flow, Plan, build_plan
 from kun_ray.report import flow_report
-from kun_ray.run import MANIFEST, RunFolder, run_settings
+from kun_ray.run import MANIFEST, RunFolder, layout, run_settings
 from kun_ray.stages.base import sample_rows
 from kun_ray.stages.registry import READ_FLOW, READ_OUTPUT
 
@@ -51,10 +53,58 @@ def _read_and_write(batch: pa.Table, config: RunConfig, writer: BlockWriter) -> 
         yield pa.table({"parts": [json.dumps({file.shard: {**part, "total": part["rows"]}})]})
 
 
+@dataclass
+class Start:
+    """Where a run that starts from another run's rows (`start:`) takes them: that run's ledger
+    of the flow, the flow's folder there, and that run's manifest."""
+
+    ledger: Ledger
+    output: str
+    manifest: dict[str, Any]
+
+
+def starting_point(config: RunConfig) -> Start | None:
+    """The committed rows a config's `start:` names; None for a run that reads its sources.  A
+    ConfigError when the run folder holds no run, or the flow is not there or not finished."""
+    if config.start is None:
+        return None
+    url, name = config.start.run, config.start.flow
+    folder = RunFolder(url, config.storage_for(config.start.storage))
+    if not folder.exists(MANIFEST):
+        raise ConfigError(f"start.run: {url} holds no run (no {MANIFEST})")
+    manifest = folder.read_json(MANIFEST)
+    flows = layout(manifest)
+    names = [flow.name for flow in flows]
+    if name not in names:
+        raise ConfigError(f"start.flow: the run at {url} has no flow {name!r} (flows: {', '.join(names)})")
+    i = names.index(name)
+    ledger = Ledger(folder, name)
+    if flows[i].whole:
+        finished = ledger.whole
+    elif i == 0:
+        finished = bool(ledger.shards) and folder.exists("report.json")
+    else:  # every shard the flow before it kept rows of
+        finished = all(s in ledger.shards for s, kept in Ledger(folder, names[i - 1]).kept().items() if kept)
+    if not finished:
+        raise ConfigError(
+            f"start.flow: flow {name} of the run at {url} is not finished: run that run to its end first"
+        )
+    return Start(ledger, flows[i].output, manifest)
+
+
 class RunFlows:
     """One invocation of a run: its flows in order, each resuming from its commits."""
 
-    def __init__(self, config: RunConfig, plan: Plan, inputs: list[InputFile], lease: Lease, fresh: bool, force: bool):
+    def __init__(
+        self,
+        config: RunConfig,
+        plan: Plan,
+        inputs: list[InputFile],
+        lease: Lease,
+        fresh: bool,
+        force: bool,
+        start: Start | None = None,
+    ):
         self.config = config
         self.plan = plan
         self.inputs = inputs
@@ -62,7 +112,8 @@ class RunFlows:
         self.lease = lease
         lease.confirm()  # a driver whose lease was taken over while it prepared writes nothing
         self.folder.remove_partials(lease.since)
-        self.manifest = self.folder.open(run_settings(config, inputs), plan.to_json(), fresh=fresh, force=force)
+        settings = run_settings(config, inputs, start.manifest if start else None)
+        self.manifest = self.folder.open(settings, plan.to_json(), fresh=fresh, force=force)
         self.stages: list[dict[str, Any]] = []
         self.flows: dict[str, dict[str, Any]] = {}
 
@@ -116,13 +167,13 @@ class RunFlows:
         """The flow's input with its stages applied; each stage that fits gets its values,
         fixed in the manifest on first use so a resumed run uses the same."""
         files = upstream.files(source, shards)
-        stream = self.folder.read_files(files)
+        stream = upstream.folder.read_files(files)  # this run's folder, or the one it starts from
         fixed = self.manifest["fixed"]
         rows = sum(upstream.kept().values())
         for i, stage in enumerate(flow.stages):
             stage.rows = rows
             if stage.fits and stage.name not in fixed:
-                sample = self.folder.read_files(files)
+                sample = upstream.folder.read_files(files)
                 if (size := stage.sample()) is not None:
                     sample = sample_rows(sample, size[0], rows, size[1])
                 for before in flow.stages[:i]:
@@ -239,10 +290,16 @@ def run(
     clock = time.monotonic()
     inputs = plan_inputs(config) if inputs is None else inputs
     plan = build_plan(config)
+    start = starting_point(config)
     for stage in plan.stages():  # engines, tokenizers: config errors before any flow runs
         stage.prepare()
-    job = RunFlows(config, plan, inputs, lease, fresh, force)
-    previous, source = job.read(), READ_OUTPUT
+    job = RunFlows(config, plan, inputs, lease, fresh, force, start)
+    if start is None:
+        previous, source = job.read(), READ_OUTPUT
+    else:
+        previous, source = start.ledger, start.output
+        rows = sum(previous.kept().values())
+        logger.info("start: %s rows that flow %s committed in %s", f"{rows:,}", previous.flow, start.ledger.folder.url)
     for flow in plan.flows:
         if not any(previous.kept().values()):
             break
@@ -260,6 +317,13 @@ def run(
         },
         "stages": job.stages,
     }
+    if start is not None:
+        report["start"] = {
+            "run": start.ledger.folder.url,
+            "flow": start.ledger.flow,
+            "fingerprint": start.manifest["fingerprint"],
+            "rows": sum(start.ledger.kept().values()),
+        }
     lease.confirm()
     job.folder.write_json("report.json", report)
     return report

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,15 +42,19 @@ class Flow:
 
 @dataclass
 class Plan:
-    """The flows a run goes through after its read flow, in order."""
+    """The flows a run goes through after its read flow, in order.  A run that starts from
+    another run's rows (`start:`) has no read flow: its flows are those after `start`, and
+    `before` holds the ones the other run ran (their columns are in its rows)."""
 
     flows: list[Flow]
+    before: list[Flow] = field(default_factory=list)
+    start: str | None = None
 
     @property
     def measures(self) -> tuple[tuple[str, pa.DataType], ...]:
         """The measure columns every reject row of the run has (null before the stage that adds one)."""
         found: dict[str, pa.DataType] = {}
-        for stage in self.stages():
+        for stage in [*(s for flow in self.before for s in flow.stages), *self.stages()]:
             added = stage.columns_added()
             found.update({column: added[column] for column in stage.measures})
         return tuple(found.items())
@@ -59,8 +63,13 @@ class Plan:
         return [stage for flow in self.flows for stage in flow.stages]
 
     def to_json(self) -> dict[str, Any]:
-        """The plan as manifest.json holds it: flows (with the read flow first) and each stage's declarations."""
-        flows = [{"name": READ_FLOW, "output": READ_OUTPUT, "stages": [READ_FLOW], "commit": "shard", "export": False}]
+        """The plan as manifest.json holds it: flows (with the read flow first, unless the run
+        starts from another's rows) and each stage's declarations."""
+        flows = []
+        if self.start is None:
+            flows.append(
+                {"name": READ_FLOW, "output": READ_OUTPUT, "stages": [READ_FLOW], "commit": "shard", "export": False}
+            )
         flows += [
             {
                 "name": f.name,
@@ -83,7 +92,10 @@ class Plan:
             }
             for stage in self.stages()
         }
-        return {"flows": flows, "stages": stages}
+        plan: dict[str, Any] = {"flows": flows, "stages": stages}
+        if self.start is not None:
+            plan["start"] = self.start
+        return plan
 
 
 def _makers(column: str) -> list[str]:
@@ -155,7 +167,17 @@ def build_plan(config: RunConfig) -> Plan:
                     f"flows: stage {name} is enabled but in no flow: add it to one, or set {name}.enabled: false"
                 )
             raise ConfigError(f"{name}: not in the default flows: write a flows: section that places it")
-    return Plan(plan)
+    if config.start is None:
+        return Plan(plan)
+    names = [READ_FLOW, *(flow.name for flow in plan)]
+    if config.start.flow not in names:
+        raise ConfigError(
+            f"start.flow: no flow {config.start.flow!r} in the config's plan (flows: {', '.join(names)})"
+        )
+    after = names.index(config.start.flow)
+    if after == len(plan):
+        raise ConfigError(f"start.flow: {config.start.flow} is the plan's last flow: nothing would run after it")
+    return Plan(plan[after:], plan[:after], config.start.flow)
 
 
 def parse_config(data: Any, base: Path | None = None) -> RunConfig:

@@ -127,9 +127,13 @@ def measures(manifest: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(m for stage in declared(manifest).values() for m in stage["measures"]))
 
 
-def run_settings(config: RunConfig, inputs: list[InputFile]) -> dict[str, Any]:
-    """What decides a run's output (RunConfig.settings) and its input shards, as flat dotted keys."""
-    return {**config.settings(), "inputs": sorted(f.shard for f in inputs)}
+def run_settings(config: RunConfig, inputs: list[InputFile], start: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What decides a run's output (RunConfig.settings) and its input shards, as flat dotted keys;
+    for a run that starts from another's rows, that run's fingerprint (`start`: its manifest)."""
+    settings = {**config.settings(), "inputs": sorted(f.shard for f in inputs)}
+    if start is not None:
+        settings["start.fingerprint"] = start["fingerprint"]
+    return settings
 
 
 def changed_settings(before: dict[str, Any], after: dict[str, Any]) -> list[str]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,6 +22,7 @@ from faults import FaultProxy
 
 from kun_ray.pipeline import run
 from kun_ray.plan import parse_config
+from kun_ray.query import Run
 
 
 def outcomes(documents, rejects):
@@ -162,6 +165,48 @@ def test_rerun_of_a_finished_run_redoes_nothing(ray_cluster, corpus, local_run):
         ("length", "filter"),
     ]
     assert sorted(p for p in out.rglob("*") if p.is_file() and p.name != "report.json") == files
+
+
+def test_a_run_that_starts_from_another_runs_rows_runs_only_the_flows_after(ray_cluster, corpus, local_run, tmp_path):
+    """`start:` runs dedup on what the filter flow committed in local_run's folder: the same
+    clean/ and dedup rejects, nothing read or filtered, and local_run's folder untouched."""
+    from kun_ray.config import ConfigError
+
+    upstream, _ = local_run
+    before = sorted((p, p.stat().st_mtime_ns) for p in upstream.rglob("*") if p.is_file())
+    out = tmp_path / "started"
+    config = {"sources": corpus.sources(), "output": str(out), "start": {"run": str(upstream), "flow": "filter"}}
+    report = run(parse_config(config))
+    assert list(report["flows"]) == ["dedup"] and report["start"]["flow"] == "filter"
+    assert report["start"]["rows"] == read_local(upstream / "filtered").__len__() == report["stages"][0]["in"]
+    started = local_rows(out)
+    assert set(started) == {"clean", "rejects/exact_dedup", "rejects/near_dedup"}
+    assert started == {name: rows for name, rows in local_rows(upstream).items() if name in started}
+    assert sorted((p, p.stat().st_mtime_ns) for p in upstream.rglob("*") if p.is_file()) == before
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [f["name"] for f in manifest["plan"]["flows"]] == ["dedup"] and manifest["plan"]["start"] == "filter"
+    assert (
+        manifest["settings"]["inputs"] == []
+        and manifest["settings"]["start.fingerprint"]
+        == (json.loads((upstream / "manifest.json").read_text())["fingerprint"])
+    )
+    opened = Run.open(out)  # read back like any run: its own flows, its funnel from its commits
+    assert opened.stages == ["clean"] and [s["stage"] for s in opened.funnel()] == ["exact_dedup", "near_dedup"]
+    assert opened.rows("SELECT count(*) AS n FROM clean") == [{"n": len(started["clean"])}]
+    again = run(parse_config(config))["flows"]["dedup"]  # resumes like any run
+    assert again["rows"] == 0 and again["shards_resumed"] == again["shards"] == report["flows"]["dedup"]["shards"]
+
+    crashed = tmp_path / "crashed"  # its filter flow died before its last commit
+    shutil.copytree(upstream, crashed)
+    next((crashed / "_commits" / "filter").glob("*.json")).unlink()
+    for start, message in [
+        ({"run": str(tmp_path / "nothing"), "flow": "filter"}, f"start.run: {tmp_path / 'nothing'} holds no run"),
+        ({"run": str(crashed), "flow": "filter"}, f"start.flow: flow filter of the run at {crashed} is not finished"),
+        ({"run": str(upstream), "flow": "label"}, "start.flow: no flow 'label' in the config's plan"),
+        ({"run": str(upstream), "flow": "dedup"}, "start.flow: dedup is the plan's last flow"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            run(parse_config({**config, "output": str(tmp_path / "refused"), "start": start}))
 
 
 @pytest.fixture(scope="module")

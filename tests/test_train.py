@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pyarrow.parquet as pq
 import pytest
 from corpus import ZH
 
@@ -219,9 +220,10 @@ def test_a_second_training_into_the_same_output_resumes_from_its_last_checkpoint
     assert report["loss"][:16] == first["loss"] and printed["model"] == "s3://runs/train/model"
 
 
-def test_the_humpback_loop_curates_trains_and_recurates_with_the_trained_model(ray_cluster, smoke_models, tmp_path):
-    """Two iterations on the CPU: label with M0 -> train M1 (final role: seed + curated, tagged) ->
-    label with M1 in vLLM -> train M2.  Run again, it redoes nothing."""
+def test_the_humpback_loop_rerates_iteration_1s_candidates_with_the_trained_model(ray_cluster, smoke_models, tmp_path):
+    """Two iterations on the CPU: label and score with M0 -> train M1 (final role: seed + curated,
+    tagged) -> score iteration 1's labelled candidates with M1 in vLLM, labelling nothing again ->
+    train M2.  Run again, it redoes nothing."""
     import yaml
     from corpus import jsonl
     from llm_runs import engine
@@ -241,6 +243,8 @@ def test_the_humpback_loop_curates_trains_and_recurates_with_the_trained_model(r
         "sources": [{"name": "web", "format": "jsonl", "paths": ["corpus"]}], "output": "unused",
         "length": {"min_chars": 10, "tokenizer": str(smoke_models["tokenizer"])},
         "label": {**engine(smoke_models["chat_model"]), "keywords": [], "sampling": {"max_tokens": 8}},
+        # Humpback's 5-point rating by log-probabilities; a random model's expected rating is near 3
+        "score": {**engine(smoke_models["chat_model"]), "mode": "humpback_pair", "method": "logprobs", "min_score": 1.0},
     }  # fmt: skip
     training = {
         "role": "final", "base_model": str(smoke_models["chat_model"]), "seed": ["seed.jsonl"], "output": "unused",
@@ -250,26 +254,31 @@ def test_the_humpback_loop_curates_trains_and_recurates_with_the_trained_model(r
     (tmp_path / "curate.yaml").write_text(yaml.safe_dump(curate, allow_unicode=True), encoding="utf-8")
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(training, allow_unicode=True), encoding="utf-8")
     (tmp_path / "loop.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "output": "loop",
-                "curate": "curate.yaml",
-                "train": "train.yaml",
-                "iterations": 2,
-                "curate_with_trained": ["label"],
-            }
-        ),
+        yaml.safe_dump({"output": "loop", "curate": "curate.yaml", "train": "train.yaml", "iterations": 2}),
         encoding="utf-8",
     )
     config = load_loop_config(tmp_path / "loop.yaml")
+    assert config.curate_with_trained == ["score"]  # Humpback's loop by default
 
     iterations = loop(config)
     out = tmp_path / "loop"
     m1 = str(out / "iter-1" / "train" / "model")
     assert [i["curated_with"] for i in iterations] == [None, m1]
-    second = json.loads((out / "iter-2" / "curated" / "report.json").read_text(encoding="utf-8"))
-    label = next(s for s in second["stages"] if s["stage"] == "label")
-    assert label["model"] == m1 and label["in"] == len(ZH[8:]) and label["generated_tokens"] > 0  # M1 served by vLLM
+    first, second = (
+        json.loads((out / f"iter-{k}" / "curated" / "report.json").read_text(encoding="utf-8")) for k in (1, 2)
+    )
+    labelled = next(s for s in first["stages"] if s["stage"] == "label")["kept"]
+    assert list(second["flows"]) == ["score", "final"]  # nothing read, cleaned or labelled again
+    assert second["start"]["run"] == str(out / "iter-1" / "curated") and second["start"]["flow"] == "label"
+    score = next(s for s in second["stages"] if s["stage"] == "score")
+    assert score["model"] == m1 and score["in"] == labelled > 0  # iteration 1's candidates, rated by M1 in vLLM
+    candidates = pq.read_table(out / "iter-1" / "curated" / "labeled").sort_by("doc_id")
+    rerated = pq.read_table(out / "iter-2" / "curated" / "scored").sort_by("doc_id")
+    assert rerated["instruction"].to_pylist() == candidates["instruction"].to_pylist()  # the same pool
+    assert (
+        not (out / "iter-2" / "curated" / "labeled").exists()
+        and not (out / "iter-2" / "curated" / "documents").exists()
+    )
     for k, iteration in enumerate(iterations, 1):
         report = json.loads((out / f"iter-{k}" / "train" / "train_report.json").read_text(encoding="utf-8"))
         assert (

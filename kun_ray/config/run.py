@@ -86,6 +86,18 @@ class FinalConfig(StrictModel):
     system_prompt: str | None = CURATED_TAG
 
 
+class StartConfig(StrictModel):
+    """A run that starts from another run's committed rows instead of reading sources: the flows
+    after `flow` run on what `flow` committed in the run folder `run` (which stays as it is).
+    Humpback's loop re-rates iteration 1's labelled candidates this way, without labelling again."""
+
+    #: The run folder (local or object storage) that holds the rows, finished.
+    run: str
+    #: The flow of that run whose committed rows this one starts from (`read`, `dedup`, `label`, ...).
+    flow: str
+    storage: StorageOptions | None = None
+
+
 class FlowConfig(StrictModel):
     """One flow of a `flows:` section: its stages in order, the folder of the rows it keeps."""
 
@@ -123,7 +135,7 @@ class StageTypes(Protocol):
     def config_model(self, stage_type: str) -> type[StageConfig]: ...
 
 
-SHELL = ("sources", "output", "storage", "read", "final", "flows")
+SHELL = ("sources", "output", "storage", "read", "final", "flows", "start")
 
 
 class RunConfig(StrictModel):
@@ -134,6 +146,8 @@ class RunConfig(StrictModel):
     final: FinalConfig = FinalConfig()
     #: Which stages run in which flow (kun_ray/stages/registry.py DEFAULT_FLOWS when absent).
     flows: dict[str, FlowConfig] | None = None
+    #: Start from another run's committed rows (StartConfig) instead of reading the sources.
+    start: StartConfig | None = None
     #: The stage sections, by name, in the order of the config; `stage_type` gives their types.
     _stages: dict[str, StageConfig] = PrivateAttr(default_factory=dict)
     _types: dict[str, str] = PrivateAttr(default_factory=dict)
@@ -212,6 +226,8 @@ class RunConfig(StrictModel):
         }
         if self.flows is not None:
             data["flows"] = {name: flow.model_dump(mode="json") for name, flow in self.flows.items()}
+        if self.start is not None:  # where the rows come from: the run's fingerprint (run_settings), not its folder
+            data["start"] = {"flow": self.start.flow}
         for name, section in self._stages.items():
             standing = self._sections.get(name)
             defaults = standing.defaults if standing else {}

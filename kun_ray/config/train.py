@@ -82,9 +82,11 @@ class TrainConfig(StrictModel):
 
 
 class LoopConfig(StrictModel):
-    """`kun-ray loop`: Humpback's self-alignment loop.  Iteration k curates with the run config
-    (from the second on, with the model trained in the one before) into <output>/iter-k/curated,
-    then trains the final role on seed + those pairs into <output>/iter-k/train."""
+    """`kun-ray loop`: Humpback's self-alignment loop.  Iteration 1 curates with the run config
+    into <output>/iter-1/curated; iteration k >= 2 re-rates iteration 1's candidates (the rows
+    committed before the first `curate_with_trained` stage) with the model trained in iteration
+    k-1, into <output>/iter-k/curated.  Each then trains the final role on seed + its pairs into
+    <output>/iter-k/train."""
 
     output: str
     #: The run config each iteration curates with (label, score, ...), relative to this file.
@@ -92,6 +94,7 @@ class LoopConfig(StrictModel):
     #: The training config of the final role (base model, seed, hyperparameters), relative to this file.
     train: str
     iterations: int = Field(default=2, ge=1)
-    #: The LLM stages that take the newest trained model from the second iteration on (Humpback: score).
+    #: The LLM stages that take the newest trained model from the second iteration on (Humpback:
+    #: score; Kun: score and polish); the flows before the first of them run in iteration 1 only.
     #: Each must name an LLM stage of the run config (checked when the loop starts).
     curate_with_trained: list[str] = Field(default_factory=lambda: ["score"])
