@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import traceback
-from typing import TextIO
+from typing import Any, TextIO
 
 from kun_ray.config import ConfigError, RunConfig
 from kun_ray.io.read import InputFile, plan_inputs
@@ -47,13 +47,27 @@ def _validate(config: RunConfig, inputs: list[InputFile]) -> int:
     for source in config.sources:
         n = sum(f.source == source.name for f in inputs)
         print(f"{source.name}: {source.format}, {n} file{'s' * (n != 1)}")
-    for flow in build_plan(config).flows:
-        stages = ", ".join(
-            f"{s.name} ({s.config.model})" if getattr(s.config, "model", None) else s.name for s in flow.stages
-        )
-        print(f"{flow.name} -> {flow.output}/: {stages or 'no stage'}")
+    plan = build_plan(config)
+    if config.start is not None:
+        print(f"start: the rows flow {config.start.flow} committed in {config.start.run}")
+    for flow in plan.flows:
+        print(f"{flow.name} -> {flow.output}/{' (commits whole)' if flow.whole else ''}:")
+        for stage in flow.stages:
+            settings = " ".join(f"{key}={_shown(value)}" for key, value in stage.settings().items())
+            print(f"  {stage.name}{f' ({stage.type})' if stage.type != stage.name else ''}: {settings or 'defaults'}")
+        if not flow.stages:
+            print("  no stage: its input as it came")
+    for warning in plan.warnings():
+        print(f"warning: {warning}")
     print(f"output: {config.output.path}")
     return 0
+
+
+def _shown(value: Any, width: int = 48) -> str:
+    """A setting's value on one line, cut to `width` characters."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _log_to_stderr() -> None:

@@ -293,6 +293,8 @@ def run(
     start = starting_point(config)
     for stage in plan.stages():  # engines, tokenizers: config errors before any flow runs
         stage.prepare()
+    for warning in plan.warnings():
+        logger.warning("warning: %s", warning)
     job = RunFlows(config, plan, inputs, lease, fresh, force, start)
     if start is None:
         previous, source = job.read(), READ_OUTPUT
@@ -316,6 +318,7 @@ def run(
             s.name: {"format": s.format, "files": sum(f.source == s.name for f in inputs)} for s in config.sources
         },
         "stages": job.stages,
+        "warnings": plan.warnings(),
     }
     if start is not None:
         report["start"] = {

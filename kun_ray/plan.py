@@ -62,6 +62,10 @@ class Plan:
     def stages(self) -> list[Stage]:
         return [stage for flow in self.flows for stage in flow.stages]
 
+    def warnings(self) -> list[str]:
+        """What its stages say does nothing as configured (Stage.warnings), in plan order."""
+        return [warning for stage in self.stages() for warning in stage.warnings()]
+
     def to_json(self) -> dict[str, Any]:
         """The plan as manifest.json holds it: flows (with the read flow first, unless the run
         starts from another's rows) and each stage's declarations."""

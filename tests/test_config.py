@@ -152,6 +152,26 @@ def test_cli_validate_lists_inputs(tmp_path):
     assert "sky: skypile, 2 files" in result.stdout
 
 
+def test_cli_validate_prints_the_plan_each_stages_settings_and_every_warning(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.jsonl").write_text('{"text": "x"}\n')
+    shell = "sources: [{name: sky, format: skypile, paths: [data]}]\noutput: out\n"
+    result = kun_ray("validate", str(write(tmp_path, shell + "near_dedup: {threshold: 0.7}\n")))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[:2] == ["sky: skypile, 1 file", "filter -> filtered/:"]
+    assert "  length: min_chars=20 max_tokens=512" in lines and "dedup -> clean/ (commits whole):" in lines
+    assert "  near_dedup: threshold=0.7 ngram=5 num_perm=128 seed=42 column=text recall=0.999 verify=jaccard" in lines
+    # Without a tokenizer the default token cut does nothing: said, not silent
+    assert lines[-2:] == [
+        "warning: length.max_tokens: 512 is not applied: no length.tokenizer to count tokens with (name the "
+        "label model's, or set max_tokens: null to say it is off)",
+        f"output: {tmp_path / 'out'}",
+    ]
+    off = kun_ray("validate", str(write(tmp_path, shell + "length: {max_tokens: null}\n")))
+    assert off.returncode == 0 and "warning" not in off.stdout and "  length: min_chars=20" in off.stdout
+
+
 def test_cli_bad_prompt_file_exits_2_before_any_work(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data/a.jsonl").write_text('{"text": "x"}\n')

@@ -150,6 +150,10 @@ def test_report_accounts_for_every_record(corpus, local_run):
         mine = [r for (s, _), r in corpus.expected.items() if s == source]
         assert (counts["in"], counts["kept"]) == (len(mine), mine.count(None))
     assert report["sources"]["skypile"]["files"] == 2
+    assert report["warnings"] == [  # a cut that does nothing is said, not silent
+        "length.max_tokens: 512 is not applied: no length.tokenizer to count tokens with (name the label model's, "
+        "or set max_tokens: null to say it is off)"
+    ]
 
 
 def test_rerun_of_a_finished_run_redoes_nothing(ray_cluster, corpus, local_run):
@@ -361,6 +365,7 @@ def test_cli_run_prints_only_its_report_on_stdout_under_load(ray_cluster, tmp_pa
     assert total.split()[:5] == ["read", "(all)", str(read["in"]), str(read["kept"]), str(read["rejected"])]
     assert f"kun-ray: Ray cluster at {ray_cluster} (2 CPUs" in stderr
     assert f"kun-ray: read: {read['in']:,} in, {read['kept']:,} kept, {read['rejected']:,} rejected;" in stderr
+    assert "kun-ray: warning: length.max_tokens: 512 is not applied: no length.tokenizer" in stderr
 
 
 def test_storage_options_reach_s3fs(s3, s3_corpus):

@@ -65,6 +65,14 @@ class Length(RowFilter):
         rows = replace_column(rows, "n_tokens", pa.array(n_tokens, pa.int64()))
         return Verdicts(rows, [v[0] for v in verdicts], [v[1] for v in verdicts])
 
+    def warnings(self) -> list[str]:
+        if self.config.max_tokens is not None and not self.config.tokenizer:
+            return [
+                f"{self.name}.max_tokens: {self.config.max_tokens} is not applied: no {self.name}.tokenizer to count "
+                f"tokens with (name the label model's, or set max_tokens: null to say it is off)"
+            ]
+        return []
+
     def charts(self) -> list[Chart]:
         if self.config.tokenizer:
             return [Chart("n_tokens", "Length in tokens", "tokens", self.config.max_tokens, "max")]

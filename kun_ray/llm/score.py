@@ -139,3 +139,6 @@ class Score(LLMStage):
 
     def charts(self) -> list[Chart]:
         return [Chart("score", "Score", "score", self.config.threshold(), "min")]
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "min_score": self.config.threshold()}  # the cut, written or not

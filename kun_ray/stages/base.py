@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from kun_ray import crash
-from kun_ray.config.base import CpuResources, StageConfig, StorageOptions
+from kun_ray.config.base import CpuResources, StageConfig, StorageOptions, resource_fields
 
 if TYPE_CHECKING:
     import ray.data
@@ -122,6 +122,17 @@ class Stage:
     def report(self) -> dict[str, Any]:
         """What report.json says of this stage beside its counts."""
         return {}
+
+    def warnings(self) -> list[str]:
+        """Settings of this stage that do nothing as configured, each in words naming the key:
+        `kun-ray validate` prints them, and a run logs them and lists them in report.json."""
+        return []
+
+    def settings(self) -> dict[str, Any]:
+        """Its settings that decide what it keeps (not its resources), as `kun-ray validate` shows them."""
+        skip = {"enabled", *resource_fields(type(self.config))}
+        values = self.config.model_dump(mode="json", exclude=skip)
+        return {key: value for key, value in values.items() if value not in (None, [], {})}
 
     # --- what it does -------------------------------------------------------------------------
 
