@@ -31,9 +31,9 @@ BASE = {"sources": [{"name": "a", "format": "jsonl", "paths": ["x.jsonl"]}], "ou
 # --- what the change must keep ---------------------------------------------------------------
 
 #: fingerprint(run_settings(config, [])) of the ready configs: a refactor must keep them.  Last
-#: changed on purpose by the papers' own defaults (label and polish max_tokens 1024, polish's
-#: instruction cut instead of its text cut): runs of the configs before that do not resume.
-PINNED = {"demo": "f6157043fa06605b", "kun": "454bd8663f2e6810", "humpback": "c32f2c96dc7ade1f"}
+#: changed on purpose by the papers' own recipes (jobs/kun.yaml scores and polishes with the chat
+#: model `kun-ray train` makes from the seed data): runs of the configs before that do not resume.
+PINNED = {"demo": "f6157043fa06605b", "kun": "4b724154f53b83a8", "humpback": "c32f2c96dc7ade1f"}
 
 
 @pytest.mark.parametrize("name", sorted(PINNED))

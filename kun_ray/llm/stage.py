@@ -8,6 +8,7 @@ and a parser, pure Python) and a three-line `LLMStage` subclass naming them.
 from __future__ import annotations
 
 import difflib
+import logging
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import pyarrow as pa
@@ -17,6 +18,8 @@ from kun_ray.config.base import StageConfig, StrictModel, path, resource
 from kun_ray.llm.task import ARROW_TYPES, Task
 from kun_ray.secrets import is_secret_name
 from kun_ray.stages.base import RunContext, Stage
+
+logger = logging.getLogger("kun_ray")
 
 if TYPE_CHECKING:
     import ray.data
@@ -148,7 +151,19 @@ class LLMStage(Stage):
         from kun_ray.llm.engine import Engine
 
         if self._engine is None:
+            self._preflight()
             self._engine = Engine(self.task, self.config, self.run.storage, self.name)
+
+    def _preflight(self) -> None:
+        """A model whose weights cannot fit the GPUs the stage asks for stops the run here (kun_ray/llm/memory.py)."""
+        from kun_ray.llm import memory
+
+        c = self.config
+        if c.device != "gpu" or c.accelerator_type is None or c.model is None:
+            return
+        if (found := memory.model_config(c.model, self.run.storage)) is not None:
+            checked = memory.check_fits(self.name, c.model, found, c.engine_kwargs, c.accelerator_type)
+            logger.info("preflight: %s", checked)
 
     def apply(self, stream: ray.data.Dataset) -> ray.data.Dataset:
         self.prepare()
