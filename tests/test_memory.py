@@ -34,8 +34,8 @@ SHAPES = {
     "m-a-p/Kun-LabelModel": YI_34B,
     "Qwen/Qwen2.5-7B-Instruct": QWEN_7B,
     "s3://runs/kun/models/chat-m0/model": QWEN_7B,
-    "my-org/humpback-backward-model": LLAMA_7B,
-    "my-org/humpback-seed-model": LLAMA_7B,
+    "s3://runs/humpback/models/myx/model": QWEN_7B,  # jobs/train-humpback-*.yaml train Qwen2.5-7B-Instruct
+    "s3://runs/humpback/models/m0/model": QWEN_7B,
 }
 
 

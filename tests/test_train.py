@@ -11,7 +11,7 @@ from corpus import ZH
 
 from kun_ray.config import CURATED_TAG, SEED_TAG, ConfigError, parse_train_config
 from kun_ray.train.examples import IGNORE, Pair, encode, role_messages
-from kun_ray.train.trainer import pad_batch, read_seed, steps
+from kun_ray.train.trainer import batching, pad_batch, read_seed, steps
 
 QUESTIONS = [
     "番茄怎么种？",
@@ -135,6 +135,25 @@ def test_presets_and_one_line_config_errors(tmp_path):
     assert steps(8, config(tmp_path, batch_size=2, epochs=3, scaling={"num_workers": 2})) == (2, 6)
 
 
+def test_humpbacks_recipes_as_presets(tmp_path):
+    final = config(tmp_path, preset="humpback_final", role="final")
+    assert (final.learning_rate, final.final_learning_rate, final.weight_decay, final.dropout) == (
+        1e-5,
+        9e-6,
+        0.1,
+        0.1,
+    )
+    assert (final.max_steps, final.adam_beta2, final.global_batch_size) == (1600, 0.95, 32)
+    assert config(tmp_path, preset="humpback_myx").max_steps == config(tmp_path, preset="humpback_m0").max_steps == 500
+    eight = config(tmp_path, preset="humpback_m0", scaling={"num_workers": 8})
+    assert batching(3200, eight) == (4, 1)  # 32 examples a step: 4 on each of 8 workers
+    assert batching(2999, eight) == (1, 1)  # 8 below 3,000 examples
+    one = config(tmp_path, preset="humpback_m0", batch_size=4, scaling={"num_workers": 1})
+    assert batching(3200, one) == (4, 8)  # 32 by accumulating 8 passes of 4
+    assert steps(3200, one) == (100, 500)  # max_steps, not epochs
+    assert batching(100, config(tmp_path, batch_size=2)) == (2, 1)  # no global batch: as written
+
+
 def test_the_ready_training_and_loop_configs_validate():
     from pathlib import Path
 
@@ -146,8 +165,11 @@ def test_the_ready_training_and_loop_configs_validate():
         "train-chat.yaml": "chat",
         "train-demo.yaml": "label",
         "train-final.yaml": "final",
+        "train-humpback-m0.yaml": "chat",
+        "train-humpback-myx.yaml": "label",
         "train-label.yaml": "label",
     }
+    assert load_train_config(jobs / "train-final.yaml").max_steps == 1600  # Humpback's recipe, by its preset
     assert (
         load_train_config(jobs / "train-label.yaml").epochs == 6
         and load_train_config(jobs / "train-chat.yaml").lora is not None
@@ -248,7 +270,8 @@ def test_the_humpback_loop_rerates_iteration_1s_candidates_with_the_trained_mode
     }  # fmt: skip
     training = {
         "role": "final", "base_model": str(smoke_models["chat_model"]), "seed": ["seed.jsonl"], "output": "unused",
-        "epochs": 1, "learning_rate": 1e-3, "batch_size": 2, "dtype": "float32", "scaling": {"num_workers": 2, "use_gpu": False, "cpus_per_worker": 0.5},
+        "preset": "humpback_final", "max_steps": 2, "learning_rate": 1e-3, "final_learning_rate": 5e-4,  # Humpback's recipe, shorter
+        "batch_size": 2, "dtype": "float32", "scaling": {"num_workers": 2, "use_gpu": False, "cpus_per_worker": 0.5},
         "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},  # merged into M1 before vLLM serves it
     }  # fmt: skip
     (tmp_path / "curate.yaml").write_text(yaml.safe_dump(curate, allow_unicode=True), encoding="utf-8")
@@ -288,6 +311,9 @@ def test_the_humpback_loop_rerates_iteration_1s_candidates_with_the_trained_mode
             report["examples"] == 4 + iteration["pairs"]
             and (out / f"iter-{k}" / "train" / "model" / "config.json").exists()
         )
+        # 8 examples a step below 3,000 (2 workers x 2 x 2 passes), the rate decayed linearly to the final one
+        assert report["global_batch_size"] == 8 and report["steps"] == 2
+        assert report["learning_rates"] == pytest.approx([7.5e-4, 5e-4])
     again = loop(config)  # a finished loop redoes nothing
     assert again == iterations
     assert all(

@@ -9,12 +9,31 @@ from pydantic import Field, model_validator
 from kun_ray.config.base import StorageOptions, StrictModel
 from kun_ray.config.run import CURATED_TAG, SEED_TAG
 
+#: Humpback (arXiv 2308.06259, section 3.1 and appendix): lr 1e-5 decaying linearly to 9e-6,
+#: weight decay 0.1, a batch of 32 examples (8 below 3,000), dropout 0.1; Adam's beta2 0.95 and
+#: the steps as Spico197/Humback runs them (scripts/train_seed.sh: 500 on the 3,200 seed pairs
+#: for M_yx and M0; README: "the original Humback trains 1600 steps on 512k samples" for M1).
+HUMPBACK = {
+    "learning_rate": 1e-5, "final_learning_rate": 9e-6, "weight_decay": 0.1, "dropout": 0.1, "adam_beta2": 0.95,
+    "warmup_ratio": 0.0, "global_batch_size": 32, "small_data": {"below": 3000, "global_batch_size": 8},
+}  # fmt: skip
+
 #: Hyperparameters from the papers, by name; keys a training config sets itself win.
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # Kun (arXiv 2401.06477): the label (backward) model 6 epochs, the chat model 4, both at lr 1e-5.
     "kun_label": {"epochs": 6, "learning_rate": 1e-5},
     "kun_chat": {"epochs": 4, "learning_rate": 1e-5},
+    "humpback_myx": {**HUMPBACK, "max_steps": 500},  # the backward (label) model, on the seed pairs
+    "humpback_m0": {**HUMPBACK, "max_steps": 500},  # the seed model that rates in iteration 1
+    "humpback_final": {**HUMPBACK, "max_steps": 1600},  # M1, M2: seed + curated pairs
 }
+
+
+class SmallData(StrictModel):
+    """A smaller global batch for a small training set (Humpback: 8 below 3,000 examples)."""
+
+    below: int = Field(gt=0)
+    global_batch_size: int = Field(gt=0)
 
 
 class LoraSettings(StrictModel):
@@ -48,11 +67,23 @@ class TrainConfig(StrictModel):
     curated: list[str] = Field(default_factory=list)
     #: Where checkpoints (Ray Train) and the trained model (model/) go, local or object storage.
     output: str
-    preset: Literal["kun_label", "kun_chat"] | None = None
+    #: Hyperparameters from a paper (TRAIN_PRESETS); the keys a config writes win.
+    preset: Literal["kun_label", "kun_chat", "humpback_myx", "humpback_m0", "humpback_final"] | None = None
     epochs: float | None = Field(default=None, gt=0)
+    #: Optimizer steps to train for, instead of `epochs`.
+    max_steps: int | None = Field(default=None, gt=0)
     learning_rate: float | None = Field(default=None, gt=0)
+    #: Decay the learning rate linearly to this at the last step (Humpback: 9e-6); none: a cosine to 0.
+    final_learning_rate: float | None = Field(default=None, ge=0)
+    #: Examples per worker per forward pass.
     batch_size: int = Field(default=8, gt=0)
     gradient_accumulation_steps: int = Field(default=1, gt=0)
+    #: Examples per optimizer step over all workers: sets the accumulation steps (over `batch_size` x workers).
+    global_batch_size: int | None = Field(default=None, gt=0)
+    small_data: SmallData | None = None
+    #: The model's dropout (attention and residual, whichever its config has); none: as the base model has it.
+    dropout: float | None = Field(default=None, ge=0, lt=1)
+    adam_beta2: float = Field(default=0.999, gt=0, lt=1)
     max_length: int = Field(default=1024, gt=0)
     warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
     weight_decay: float = Field(default=0.0, ge=0)
@@ -69,13 +100,17 @@ class TrainConfig(StrictModel):
     random_seed: int = 0
     storage: StorageOptions = StorageOptions()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") in TRAIN_PRESETS:
+            return {**TRAIN_PRESETS[data["preset"]], **data}
+        return data
+
     @model_validator(mode="after")
-    def _apply_preset(self) -> TrainConfig:
-        preset = TRAIN_PRESETS.get(self.preset or "", {})
-        self.epochs = self.epochs if self.epochs is not None else preset.get("epochs", 3)
-        self.learning_rate = (
-            self.learning_rate if self.learning_rate is not None else preset.get("learning_rate", 1e-5)
-        )
+    def _defaults(self) -> TrainConfig:
+        self.epochs = self.epochs if self.epochs is not None else 3
+        self.learning_rate = self.learning_rate if self.learning_rate is not None else 1e-5
         if self.curated and self.role != "final":
             raise ValueError(f"curated pairs are for the final role, not {self.role}")
         return self

@@ -95,11 +95,43 @@ def examples(config: TrainConfig, tokenizer: Any) -> tuple[list[dict[str, list[i
     return kept, counts
 
 
+def batching(n_examples: int, config: TrainConfig) -> tuple[int, int]:
+    """(examples per worker per forward pass, forward passes per optimizer step): `batch_size` and
+    `gradient_accumulation_steps`, or what makes `global_batch_size` examples per step over all
+    workers (`small_data`'s below its size of training set)."""
+    size = config.global_batch_size
+    if config.small_data is not None and n_examples < config.small_data.below:
+        size = config.small_data.global_batch_size
+    if size is None:
+        return config.batch_size, config.gradient_accumulation_steps
+    workers = config.scaling.num_workers
+    per_device = min(config.batch_size, max(1, size // workers))
+    return per_device, max(1, math.ceil(size / (per_device * workers)))
+
+
 def steps(n_examples: int, config: TrainConfig) -> tuple[int, int]:
-    """(optimizer steps per epoch, all steps) for each worker's equal share of the examples."""
+    """(optimizer steps per epoch, all steps: `max_steps`, else `epochs` of them) for each worker's
+    equal share of the examples."""
+    per_device, accumulation = batching(n_examples, config)
     per_worker = max(1, n_examples // config.scaling.num_workers)
-    per_epoch = max(1, math.ceil(math.ceil(per_worker / config.batch_size) / config.gradient_accumulation_steps))
+    per_epoch = max(1, math.ceil(math.ceil(per_worker / per_device) / accumulation))
+    if config.max_steps is not None:
+        return per_epoch, config.max_steps
     return per_epoch, max(1, math.ceil(per_epoch * float(config.epochs or 1)))
+
+
+def _with_dropout(base_model: str, dropout: float | None) -> dict[str, Any]:
+    """from_pretrained's config override that sets the model's dropout: every dropout field its
+    config has (attention_dropout, hidden_dropout, resid_pdrop, ...)."""
+    if dropout is None:
+        return {}
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(base_model)
+    for key in ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "dropout"):
+        if hasattr(config, key):
+            setattr(config, key, dropout)
+    return {"config": config}
 
 
 def pad_batch(batch: dict[str, Any], pad_id: int) -> dict[str, Any]:
@@ -124,7 +156,9 @@ def train_loop(loop: dict[str, Any]) -> None:
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
     config = TrainConfig.model_validate(loop["config"])
-    model = AutoModelForCausalLM.from_pretrained(loop["base_model"], dtype=config.dtype)
+    model = AutoModelForCausalLM.from_pretrained(
+        loop["base_model"], dtype=config.dtype, **_with_dropout(loop["base_model"], config.dropout)
+    )
     if config.lora is not None:
         from peft import LoraConfig, get_peft_model
 
@@ -140,15 +174,24 @@ def train_loop(loop: dict[str, Any]) -> None:
             ),
         )
     shard = ray.train.get_dataset_shard("train")
-    batches = shard.iter_torch_batches(batch_size=config.batch_size, collate_fn=lambda b: pad_batch(b, loop["pad_id"]))
+    per_device, accumulation = loop["batching"]
+    batches = shard.iter_torch_batches(batch_size=per_device, collate_fn=lambda b: pad_batch(b, loop["pad_id"]))
+    if config.final_learning_rate is None:
+        schedule: dict[str, Any] = {"lr_scheduler_type": "cosine"}
+    else:  # linear decay to the final rate: a polynomial schedule of power 1
+        schedule = {
+            "lr_scheduler_type": "polynomial",
+            "lr_scheduler_kwargs": {"lr_end": config.final_learning_rate, "power": 1.0},
+        }
     arguments = TrainingArguments(
         output_dir=tempfile.mkdtemp(prefix="kun-ray-train-"),
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=accumulation,
         learning_rate=config.learning_rate,
-        lr_scheduler_type="cosine",
+        **schedule,
         warmup_steps=config.warmup_ratio,  # a float under 1: a share of all steps
         weight_decay=config.weight_decay,
+        adam_beta2=config.adam_beta2,
         max_steps=loop["max_steps"],
         save_strategy="steps",
         save_steps=loop["save_steps"],
@@ -208,6 +251,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             "base_model": config.base_model,
             "pad_id": pad_id,
             "max_steps": max_steps,
+            "batching": batching(len(rows), config),
             "save_steps": config.save_steps or per_epoch,
         },
         scaling_config=ray.train.ScalingConfig(
@@ -234,12 +278,15 @@ def train(config: TrainConfig) -> dict[str, Any]:
             if fs.exists(target):
                 fs.rm(target, recursive=True)
             fs.put(local.rstrip("/") + "/", target, recursive=True)
-    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    logged = [entry for entry in state["log_history"] if "loss" in entry]
+    losses = [entry["loss"] for entry in logged]
     report = {
         "role": config.role, "base_model": config.base_model, "output": config.output,
         "model": f"{config.output.rstrip('/')}/{MODEL_FOLDER}", **counts, "epochs": config.epochs,
         "learning_rate": config.learning_rate, "lora": config.lora is not None, "workers": config.scaling.num_workers,
         "steps": state["global_step"], "steps_per_epoch": per_epoch, "loss": losses,
+        "learning_rates": [entry.get("learning_rate") for entry in logged],
+        "global_batch_size": math.prod(batching(len(rows), config)) * config.scaling.num_workers,
     }  # fmt: skip
     fs.pipe_file(f"{root.rstrip('/')}/{REPORT}", json.dumps(report, ensure_ascii=False, indent=2).encode("utf-8"))
     return report
