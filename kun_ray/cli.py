@@ -44,12 +44,12 @@ def _connect_ray() -> None:
 
 
 def _validate(config: RunConfig, inputs: list[InputFile]) -> int:
-    for source in config.sources:
+    if config.start is not None:  # it reads no source
+        print(f"start: the rows flow {config.start.flow} committed in {config.start.run}")
+    for source in config.sources if config.start is None else []:
         n = sum(f.source == source.name for f in inputs)
         print(f"{source.name}: {source.format}, {n} file{'s' * (n != 1)}")
     plan = build_plan(config)
-    if config.start is not None:
-        print(f"start: the rows flow {config.start.flow} committed in {config.start.run}")
     for flow in plan.flows:
         print(f"{flow.name} -> {flow.output}/{' (commits whole)' if flow.whole else ''}:")
         for stage in flow.stages:
