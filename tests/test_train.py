@@ -311,9 +311,10 @@ def test_the_humpback_loop_rerates_iteration_1s_candidates_with_the_trained_mode
             report["examples"] == 4 + iteration["pairs"]
             and (out / f"iter-{k}" / "train" / "model" / "config.json").exists()
         )
-        # 8 examples a step below 3,000 (2 workers x 2 x 2 passes), the rate decayed linearly to the final one
+        # 8 examples a step below 3,000 (2 workers x 2 x 2 passes); the rate each step ran at, decaying
+        # linearly from 1e-3 to reach the final 5e-4 at the end of step 2
         assert report["global_batch_size"] == 8 and report["steps"] == 2
-        assert report["learning_rates"] == pytest.approx([7.5e-4, 5e-4])
+        assert report["learning_rates"] == pytest.approx([1e-3, 7.5e-4])
     again = loop(config)  # a finished loop redoes nothing
     assert again == iterations
     assert all(
