@@ -62,6 +62,15 @@ class Start:
     output: str
     manifest: dict[str, Any]
 
+    @property
+    def url(self) -> str:
+        return self.ledger.folder.url
+
+    @property
+    def rows(self) -> int:
+        """The rows it starts from: what the flow kept there."""
+        return sum(self.ledger.kept().values())
+
 
 def starting_point(config: RunConfig) -> Start | None:
     """The committed rows a config's `start:` names; None for a run that reads its sources.  A
@@ -300,8 +309,7 @@ def run(
         previous, source = job.read(), READ_OUTPUT
     else:
         previous, source = start.ledger, start.output
-        rows = sum(previous.kept().values())
-        logger.info("start: %s rows that flow %s committed in %s", f"{rows:,}", previous.flow, start.ledger.folder.url)
+        logger.info("start: %s rows that flow %s committed in %s", f"{start.rows:,}", previous.flow, start.url)
     for flow in plan.flows:
         if not any(previous.kept().values()):
             break
@@ -322,10 +330,10 @@ def run(
     }
     if start is not None:
         report["start"] = {
-            "run": start.ledger.folder.url,
+            "run": start.url,
             "flow": start.ledger.flow,
             "fingerprint": start.manifest["fingerprint"],
-            "rows": sum(start.ledger.kept().values()),
+            "rows": start.rows,
         }
     lease.confirm()
     job.folder.write_json("report.json", report)

@@ -242,6 +242,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if not rows:
         raise ConfigError(f"{config.role}: no training examples in {', '.join(config.seed + config.curated)}")
     per_epoch, max_steps = steps(len(rows), config)
+    per_device, accumulation = batching(len(rows), config)
     fs, root = url_to_fs(config.output, config.storage)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     trainer = TorchTrainer(
@@ -251,7 +252,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             "base_model": config.base_model,
             "pad_id": pad_id,
             "max_steps": max_steps,
-            "batching": batching(len(rows), config),
+            "batching": (per_device, accumulation),
             "save_steps": config.save_steps or per_epoch,
         },
         scaling_config=ray.train.ScalingConfig(
@@ -286,7 +287,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "learning_rate": config.learning_rate, "lora": config.lora is not None, "workers": config.scaling.num_workers,
         "steps": state["global_step"], "steps_per_epoch": per_epoch, "loss": losses,
         "learning_rates": [entry.get("learning_rate") for entry in logged],
-        "global_batch_size": math.prod(batching(len(rows), config)) * config.scaling.num_workers,
+        "global_batch_size": per_device * accumulation * config.scaling.num_workers,
     }  # fmt: skip
     fs.pipe_file(f"{root.rstrip('/')}/{REPORT}", json.dumps(report, ensure_ascii=False, indent=2).encode("utf-8"))
     return report
