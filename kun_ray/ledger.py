@@ -30,12 +30,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from kun_ray.io.records import REJECT_COLUMNS, column_or_nulls, reject_schema
+from kun_ray.io.records import REJECT_COLUMNS, SPLIT_COLUMN, column_or_nulls, reject_schema
 
 logger = logging.getLogger("kun_ray")
 
 #: (stage that rejected the row or None, source, reject reason or None) -> rows
 Tally = Counter[tuple[str | None, str, str | None]]
+#: (split stage, source) -> rows it made beyond one per row it was given
+Splits = Counter[tuple[str, str]]
 TALLY_COLUMNS = ["reject_stage", "source", "reject_reason"]
 #: The commit of a flow whose shards are committed together.
 WHOLE = "all"
@@ -49,6 +51,7 @@ class ShardCommit:
     files: list[str] = field(default_factory=list)
     tally: Tally = field(default_factory=Counter)
     sums: Counter[str] = field(default_factory=Counter)
+    splits: Splits = field(default_factory=Counter)
 
     def add(self, part: dict[str, Any]) -> None:
         """Add what one write (BlockWriter.write) reported for this shard."""
@@ -57,14 +60,25 @@ class ShardCommit:
         for stage, source, reason, n in part["tally"]:
             self.tally[(stage, source, reason)] += n
         self.sums.update(part["sums"])
+        for stage, source, n in part.get("splits", []):
+            self.splits[(stage, source)] += n
 
     @property
     def kept(self) -> int:
         return sum(n for (stage, _, _), n in self.tally.items() if stage is None)
 
+    @property
+    def inputs(self) -> int:
+        """The rows the flow was given that these rows came from: fewer than `rows` when a split
+        stage made several of one."""
+        return self.rows - sum(self.splits.values())
+
     def to_json(self) -> dict[str, Any]:
         tally = [[*key, n] for key, n in sorted(self.tally.items(), key=lambda kv: tuple(str(k) for k in kv[0]))]
-        return {"rows": self.rows, "files": self.files, "tally": tally, "sums": dict(self.sums)}
+        data = {"rows": self.rows, "files": self.files, "tally": tally, "sums": dict(self.sums)}
+        if self.splits:
+            data["splits"] = [[*key, n] for key, n in sorted(self.splits.items())]
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ShardCommit:
@@ -129,8 +143,8 @@ class BlockWriter:
         """The rows kept, to the flow's output, and each stage's rejects, to rejects/<stage>/, as
         files named `name`."""
         live = pc.is_null(rows["reject_reason"])
-        kept = rows.filter(live)
-        tables = [(f"{self.output}/{name}", kept.drop_columns(REJECT_COLUMNS))] if kept.num_rows else []
+        kept = rows.filter(live).drop_columns([c for c in (*REJECT_COLUMNS, SPLIT_COLUMN) if c in rows.column_names])
+        tables = [(f"{self.output}/{name}", kept)] if kept.num_rows else []
         rejected = rows.filter(pc.invert(live))
         for stage in pc.unique(rejected["reject_stage"]).to_pylist():
             tables.append(
@@ -145,7 +159,13 @@ class BlockWriter:
         groups = rows.group_by(TALLY_COLUMNS, use_threads=False).aggregate([([], "count_all")])
         tally = [[g["reject_stage"], g["source"], g["reject_reason"], g["count_all"]] for g in groups.to_pylist()]
         sums = {column: int(pc.sum(rows[column]).as_py() or 0) for column in self.sums}
-        return {"rows": rows.num_rows, "files": [], "tally": tally, "sums": sums}
+        counts = {"rows": rows.num_rows, "files": [], "tally": tally, "sums": sums}
+        if SPLIT_COLUMN in rows.column_names:
+            made = rows.filter(pc.is_valid(rows[SPLIT_COLUMN])).group_by([SPLIT_COLUMN, "source"], use_threads=False)
+            counts["splits"] = [
+                [g[SPLIT_COLUMN], g["source"], g["count_all"]] for g in made.aggregate([([], "count_all")]).to_pylist()
+            ]
+        return counts
 
     def _target(self, relpath: str) -> str:
         """The full path of a file to write, its folder made."""
@@ -245,6 +265,12 @@ class Ledger:
             total.update(commit.sums)
         return total
 
+    def splits(self) -> Splits:
+        total: Splits = Counter()
+        for commit in self.shards.values():
+            total.update(commit.splits)
+        return total
+
     def collect_garbage(self, folders: list[str]) -> int:
         """Delete the files in `folders` that no commit names (a crashed or retried write's): those
         older than the run's lease and this run's own (named with its tag), never a file younger
@@ -317,12 +343,12 @@ def drain(
             commit.add(part)
             done.add({**part, "files": []})
             total = part.get("total") if expected is None else expected.get(shard)
-            if not whole and total is not None and commit.rows == total:
+            if not whole and total is not None and commit.inputs == total:
                 ledger.commit({shard: open_shards.pop(shard)})
                 committed += 1
         progress.update(committed, done.rows, done.kept)
     progress.update(committed, done.rows, done.kept, last=True)
     if not whole and open_shards:
-        short = ", ".join(f"{s} ({c.rows} of {(expected or {}).get(s)})" for s, c in list(open_shards.items())[:5])
+        short = ", ".join(f"{s} ({c.inputs} of {(expected or {}).get(s)})" for s, c in list(open_shards.items())[:5])
         raise RuntimeError(f"{ledger.flow}: rows went missing: shards not fully written: {short}")
     return open_shards, done

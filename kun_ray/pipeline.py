@@ -2,7 +2,7 @@
 
     read      files -> documents/                       (one task per file, streaming)
     then each flow of the plan, in order; by default (kun_ray/stages/registry.py DEFAULT_FLOWS):
-    filter    documents/ -> normalize -> length -> perplexity -> heuristics -> filtered/
+    filter    documents/ -> normalize -> segment -> length -> perplexity -> heuristics -> filtered/
     dedup     filtered/ -> exact_dedup -> near_dedup -> clean/
     label     clean/ -> label (vLLM actors) -> labeled/
     score     labeled/ -> score (vLLM actors) -> scored/
@@ -133,12 +133,16 @@ class RunFlows:
 
     def _account(self, ledger: Ledger, extras: dict[str, dict[str, Any]], timing: dict[str, Any]) -> Ledger:
         """Add a flow's stages and timing to the report; the flow's ledger, for the flow after it."""
-        stages = [{**stage, "flow": ledger.flow} for stage in flow_report(ledger.stages, ledger.tally(), extras)]
+        stages = [
+            {**stage, "flow": ledger.flow}
+            for stage in flow_report(ledger.stages, ledger.tally(), extras, ledger.splits())
+        ]
         self.stages.extend(stages)
         self.flows[ledger.flow] = timing
         kept = sum(ledger.kept().values())
-        rows_in = stages[0]["in"] if stages else sum(c.rows for c in ledger.shards.values())
-        counts = f"{rows_in:,} in, {kept:,} kept, {rows_in - kept:,} rejected"
+        rejected = sum(n for (stage, _, _), n in ledger.tally().items() if stage is not None)
+        rows_in = stages[0]["in"] if stages else kept + rejected
+        counts = f"{rows_in:,} in, {kept:,} kept, {rejected:,} rejected"
         shards, resumed, wall = timing["shards"], timing["shards_resumed"], timing["wall_s"]
         logger.info("%s: %s; %d shards (%d done before), %.1f s this run", ledger.flow, counts, shards, resumed, wall)
         return ledger

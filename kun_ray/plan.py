@@ -152,6 +152,12 @@ def build_plan(config: RunConfig) -> Plan:
                     f"{where}.stages: {stage.name} reads all of its input twice, which {generated[0]} in the same "
                     f"flow would generate twice: put {stage.name} in a flow after it"
                 )
+            split = [s.name for s in stages[:i] if s.kind == "split"]
+            if split and not stage.carries_columns:
+                raise ConfigError(
+                    f"{where}.stages: {stage.name} cannot follow {split[0]} in one flow ({split[0]} splits rows "
+                    f"and {stage.name} drops the column that counts them): put {stage.name} in a flow after it"
+                )
         for stage in stages:
             stage.input_schema = pa.schema([*available.items(), *REJECT_FIELDS])
             for column in stage.columns_read():

@@ -158,7 +158,7 @@ class Run:
             tally = ledger.tally()
             # Commits written before they named their stages: the stages that rejected rows, or the flow.
             names = ledger.stages or sorted({stage for stage, _, _ in tally if stage}) or [flow]
-            stages.extend({**step, "flow": flow} for step in flow_report(names, tally))
+            stages.extend({**step, "flow": flow} for step in flow_report(names, tally, splits=ledger.splits()))
         return stages
 
     def _flow(self, stage: str) -> str:
@@ -312,5 +312,31 @@ class Run:
                 added = {k: v for k, v in row.items() if k not in IDENTITY and v is not None and k not in seen}
                 steps.append(TraceStep(name, True, added))
                 seen.update(row)
+        if steps and steps[-1].kept:
+            steps += self._split_steps(doc_id, source_name)
         first = rows[0][1]
         return Trace(doc_id, source_name, first["shard"], first["text"], steps)
+
+    def _split_steps(self, doc_id: str, source: str) -> list[TraceStep]:
+        """Where a split stage (segment) made rows of a document, each with its own id
+        (`<doc_id>#<n>`), kept in its flow's folder or rejected by a stage after it: a step naming
+        them, to trace each by its id."""
+        steps = []
+        declared = (self.manifest.get("plan") or {}).get("stages", {})
+        for flow in self.layout:
+            for i, stage in enumerate(flow.stages):
+                if declared.get(stage, {}).get("kind") != "split" or flow.name not in self.ledgers:
+                    continue
+                after = ", ".join(_sql_string(s) for s in flow.stages[i + 1 :]) or "NULL"
+                query = (
+                    f"SELECT doc_id FROM rejects WHERE starts_with(doc_id, ?) AND source = ? AND stage IN ({after})"
+                )
+                params = [f"{doc_id}#", source]
+                if "segment_of" in self.table(flow.output).columns:
+                    query += f" UNION SELECT doc_id FROM {flow.output} WHERE segment_of = ? AND source = ?"
+                    params += [doc_id, source]
+                ids = [row["doc_id"] for row in self.rows(query, params)]
+                made = sorted(ids, key=lambda made_id: int(made_id.rsplit("#", 1)[1]))
+                if made:
+                    steps.append(TraceStep(stage, True, {"split into": ", ".join(made)}))
+        return steps

@@ -5,39 +5,59 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from kun_ray.ledger import Tally
+from kun_ray.ledger import Splits, Tally
 
 
-def _counts(rows_in: int, rejected: Counter[str]) -> dict[str, Any]:
+def _counts(rows_in: int, rejected: Counter[str], made: int | None = None) -> dict[str, Any]:
     total = sum(rejected.values())
-    return {
+    counts = {
         "in": rows_in,
-        "kept": rows_in - total,
+        "kept": rows_in + (made or 0) - total,
         "rejected": total,
         "rejected_by_reason": dict(rejected.most_common()),
     }
+    if made is not None:  # a split stage: the rows it made beyond one per row in
+        counts["made"] = made
+    return counts
 
 
 def flow_report(
-    stages: list[str], tally: Tally, extras: dict[str, dict[str, Any]] | None = None
+    stages: list[str],
+    tally: Tally,
+    extras: dict[str, dict[str, Any]] | None = None,
+    splits: Splits | None = None,
 ) -> list[dict[str, Any]]:
     """Each stage of a flow: rows in (what the stages before it kept), kept, rejected by reason,
-    overall and for each source.  Rows in = kept + rejected at every stage by construction."""
+    overall and for each source.  Rows in + made = kept + rejected at every stage by
+    construction, where `made` is what a split stage (segment) made beyond one row per row in."""
+    splits = splits or Counter()
+    split_stages = {stage for stage, _ in splits}
     sources = sorted({source for _, source, _ in tally})
-    remaining = {source: sum(n for (_, s, _), n in tally.items() if s == source) for source in sources}
+    remaining = {
+        source: sum(n for (_, s, _), n in tally.items() if s == source)
+        - sum(n for (_, s), n in splits.items() if s == source)
+        for source in sources
+    }
     reports = []
     for stage in stages:
         by_source = {}
         for source in sources:
             rejected = Counter({reason: n for (st, s, reason), n in tally.items() if st == stage and s == source})
-            by_source[source] = _counts(remaining[source], rejected)
-            remaining[source] -= sum(rejected.values())
+            made = splits[(stage, source)] if stage in split_stages else None
+            by_source[source] = _counts(remaining[source], rejected, made)
+            remaining[source] = by_source[source]["kept"]
         overall: Counter[str] = Counter()
         for counts in by_source.values():
             overall.update(counts["rejected_by_reason"])
         rows_in = sum(c["in"] for c in by_source.values())
+        made = sum(c["made"] for c in by_source.values()) if stage in split_stages else None
         reports.append(
-            {"stage": stage, **_counts(rows_in, overall), "by_source": by_source, **(extras or {}).get(stage, {})}
+            {
+                "stage": stage,
+                **_counts(rows_in, overall, made),
+                "by_source": by_source,
+                **(extras or {}).get(stage, {}),
+            }
         )
     return reports
 
@@ -45,7 +65,8 @@ def flow_report(
 def _reasons(counts: dict[str, Any], limit: int = 3) -> str:
     items = list(counts["rejected_by_reason"].items())
     text = ", ".join(f"{reason} {n}" for reason, n in items[:limit])
-    return text + (f", +{len(items) - limit} more" if len(items) > limit else "")
+    text += f", +{len(items) - limit} more" if len(items) > limit else ""
+    return f"made {counts['made']} rows" + (f"; {text}" if text else "") if "made" in counts else text
 
 
 def _aligned(rows: list[tuple[str, ...]], left: int) -> str:

@@ -15,6 +15,7 @@ from kun_ray.clean.heuristics import Heuristics, repeated_line_fraction
 from kun_ray.clean.length import Length, LengthConfig, length_verdict
 from kun_ray.clean.normalize import normalize_text
 from kun_ray.clean.perplexity import PerplexityScorer, ccnet_normalize, quantile_cut
+from kun_ray.clean.segment import Segment, segment_batch, segments
 from kun_ray.config import ConfigError, StorageOptions
 from kun_ray.dedup.near import (
     NearDedupConfig,
@@ -26,7 +27,7 @@ from kun_ray.dedup.near import (
     shingle_hashes,
     shingle_sets,
 )
-from kun_ray.io.records import STREAM_SCHEMA
+from kun_ray.io.records import SPLIT_COLUMN, STREAM_SCHEMA
 from kun_ray.pipeline import run
 from kun_ray.plan import parse_config
 from kun_ray.smoke_models import build_sentencepiece
@@ -214,6 +215,55 @@ def test_stages_leave_rows_rejected_earlier_alone():
     )
 
 
+# --- segment ------------------------------------------------------------------------------
+
+
+def test_segments_pack_paragraphs_into_the_band_and_keep_the_text_as_written():
+    para = [ZH[i] + ZH[i + 1] for i in range(0, 12, 2)]  # six paragraphs of 50-70 characters
+    text = "\n\n".join(para)
+    found = segments(text, 100, 140)
+    assert found and all(100 <= len(s) <= 140 for s in found)
+    assert all(s in text for s in found), "a segment is a stretch of the text as written"
+    assert found[0] == para[0] + "\n\n" + para[1]
+    assert segments(text, 100, 140, max_segments=1) == found[:1]
+    assert segments(para[0], 100, 140) == [], "nothing in the band"
+    assert segments(para[0], 20, 50) == [], "a paragraph over the band splits at its lines, and a line cannot"
+
+
+def test_a_heading_starts_a_segment_once_the_one_before_is_long_enough():
+    body, other = ZH[0] + ZH[1], ZH[2] + ZH[3]
+    text = f"# 一\n{body}\n\n## 二\n{other}\n\n{ZH[4]}"
+    assert segments(text, 40, 400) == [f"# 一\n{body}", f"## 二\n{other}\n\n{ZH[4]}"]
+    assert segments(text, 40, 400)[0].startswith("# 一")
+    assert segments("第一章 开始\n" + body + "\n第二章 结束\n" + other, 40, 400)[1].startswith("第二章")
+    assert len(text) < 300 and segments(text, 150, 400) == [text], (
+        "a heading does not split a segment still under the band"
+    )
+
+
+def test_a_line_too_long_for_the_band_ends_the_segment_before_it():
+    long_line = "长" * 300
+    text = f"{ZH[0]}\n\n{ZH[1]}\n\n{long_line}\n\n{ZH[2]}\n\n{ZH[3]}"
+    assert segments(text, 40, 120) == [f"{ZH[0]}\n\n{ZH[1]}", f"{ZH[2]}\n\n{ZH[3]}"]
+
+
+def test_segment_rows_carry_derived_ids_and_a_document_with_none_is_one_reject():
+    para = "\n\n".join(ZH[i] + ZH[i + 1] for i in range(0, 12, 2))
+    stage = Segment.build(min_chars=100, max_chars=140)
+    out = segment_batch(stream_rows([para, ZH[0], ZH[1]], rejected={2}), stage)
+    rows = out.to_pylist()
+    made = [r for r in rows if r["segment_of"] == "0"]
+    assert [r["doc_id"] for r in made] == [f"0#{k}" for k in range(len(made))] and len(made) >= 2
+    assert [r["segment"] for r in made] == list(range(len(made)))
+    assert [r["text"] for r in made] == segments(para, 100, 140)
+    assert [r[SPLIT_COLUMN] for r in made] == [None] + ["segment"] * (len(made) - 1)
+    by_id = {r["doc_id"]: r for r in rows if r["segment_of"] is None}
+    assert (by_id["1"]["reject_stage"], by_id["1"]["reject_reason"]) == ("segment", "no_segment")
+    assert "100-140 characters" in by_id["1"]["reject_detail"]
+    assert (by_id["2"]["reject_stage"], by_id["2"]["reject_reason"]) == ("read", "x"), "passed through"
+    assert len(rows) == len(made) + 2
+
+
 # --- near dedup --------------------------------------------------------------------------
 
 
@@ -276,6 +326,7 @@ def test_first_keepers_remove_nothing_for_being_like_a_removed_document():
         ),
         ({"near_dedup": {"threshold": 1.5}}, "near_dedup.threshold: Input should be less than 1"),
         ({"length": {"max_token": 5}}, "length.max_token: unknown key (did you mean 'max_tokens'?)"),
+        ({"segment": {"min_chars": 500, "max_chars": 400}}, "segment: min_chars (500) is above max_chars (400)"),
     ],
 )
 def test_stage_config_errors(section, message):
@@ -377,3 +428,59 @@ def test_clean_accounting_and_the_cut_in_the_report(clean_run):
     perplexity = next(s for s in report["stages"] if s["stage"] == "perplexity")
     assert perplexity["cut"] == {"max_ppl": 200, "by": "max_ppl"}
     json.dumps(report)
+
+
+def test_a_segmenting_run_splits_documents_and_loses_none(ray_cluster, tmp_path):
+    """Segment in the filter flow, the filters after it and dedup over the segments: every
+    document ends as its segments (kept or rejected each) or as one reject; a segment that
+    repeats another document's is an exact duplicate; the funnel counts the rows segment made;
+    the shards commit (a miscount would stop the run) and a rerun redoes nothing."""
+    from kun_ray.query import Run
+
+    paragraphs = [ZH[i] + ZH[i + 1] for i in range(0, 12, 2)]
+    docs = {
+        "a": "\n\n".join(paragraphs),
+        "b": "\n\n".join(paragraphs[:2]),  # a's first segment again
+        "c": ZH[11],  # too short for the band
+        "d": "\u200b\u200b",  # empty after normalize: rejected before segment
+    }
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/part.jsonl").write_bytes(jsonl([{"id": k, "content": v} for k, v in docs.items()]))
+    config = {
+        "sources": [{"name": "web", "format": "wanjuan", "paths": [str(tmp_path / "in")]}],
+        "output": str(tmp_path / "run"),
+        "segment": {"min_chars": 100, "max_chars": 140},
+        "length": {"max_tokens": None},
+    }
+    report = run(parse_config(config))
+    out = tmp_path / "run"
+    filtered = pads.dataset(str(out / "filtered"), format="parquet").to_table().to_pylist()
+    rejects = pads.dataset(str(out / "rejects"), format="parquet").to_table().to_pylist()
+    expected = {doc: segments(normalize_text(text), 100, 140) for doc, text in docs.items()}
+    assert len(expected["a"]) >= 2 and expected["b"] == expected["a"][:1] and not expected["c"]
+    rows = {r["doc_id"]: r for r in filtered} | {r["doc_id"]: r for r in rejects if r["stage"] != "exact_dedup"}
+    for doc, made in expected.items():
+        if made:
+            assert [rows[f"{doc}#{k}"]["text"] for k in range(len(made))] == made
+            assert doc not in rows
+        else:
+            assert rows[doc]["reason"] == ("no_segment" if doc == "c" else "empty_after_normalize")
+    assert len(rows) == sum(len(made) or 1 for made in expected.values()), "no row lost or made up"
+    assert {r["segment_of"] for r in filtered} == {"a", "b"} and SPLIT_COLUMN not in filtered[0]
+    clean = pads.dataset(str(out / "clean"), format="parquet").to_table().to_pylist()
+    assert sorted(r["doc_id"] for r in clean) == [f"a#{k}" for k in range(len(expected["a"]))]
+    duplicate = next(r for r in rejects if r["stage"] == "exact_dedup")
+    assert duplicate["doc_id"] == "b#0" and "a#0" in duplicate["detail"]
+
+    stages = {s["stage"]: s for s in report["stages"]}
+    made = len(expected["a"]) + len(expected["b"]) - 2
+    assert (stages["segment"]["in"], stages["segment"]["made"]) == (3, made)
+    assert stages["segment"]["rejected_by_reason"] == {"no_segment": 1}
+    assert stages["segment"]["kept"] == len(filtered) == stages["length"]["in"]
+    trace = Run.open(out).trace("a")
+    assert trace.steps[-1].added == {"split into": ", ".join(f"a#{k}" for k in range(len(expected["a"])))}
+    live = next(s for s in Run.open(out).funnel() if s["stage"] == "segment")  # counted from the commits
+    assert [live[k] for k in ("in", "made", "kept")] == [stages["segment"][k] for k in ("in", "made", "kept")]
+    again = run(parse_config(config))
+    assert all(flow["rows"] == 0 and flow["shards_resumed"] == flow["shards"] for flow in again["flows"].values())
+    assert again["stages"] == report["stages"]

@@ -11,9 +11,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from kun_ray.io.records import REJECT_SCHEMA, STREAM_SCHEMA
+from kun_ray.io.records import REJECT_SCHEMA, SPLIT_COLUMN, STREAM_SCHEMA
 from kun_ray.ledger import BlockWriter, Ledger, ShardCommit, drain
 from kun_ray.plan import parse_config
+from kun_ray.report import flow_report, format_table
 from kun_ray.run import RunFolder
 
 
@@ -49,6 +50,42 @@ def test_a_shard_commits_when_its_last_row_is_written_and_not_before(folder):
     assert set(reloaded.shards) == {"a"}  # b never completed: no commit, it will be redone
     assert reloaded.shards["a"].files == ["filtered/1.parquet", "filtered/2.parquet"]
     assert reloaded.kept() == {"a": 2} and reloaded.tally()[("length", "web", "too_short")] == 1
+
+
+def test_a_shard_a_split_stage_made_more_rows_of_commits_when_its_given_rows_are_written(folder, tmp_path):
+    """Segment made 5 rows of 2 documents: the shard is done when rows minus the rows made
+    (what the writer counts from SPLIT_COLUMN) reach the 2 it was given, and the funnel says so."""
+    writer = BlockWriter(pafs.LocalFileSystem(), str(tmp_path / "run"), "filtered")
+    rows = pa.table(
+        {
+            "doc_id": ["a#0", "a#1", "a#2", "b#0", "b#1"],
+            "source": ["web"] * 5,
+            "shard": ["s"] * 5,
+            "text": pa.array(["x"] * 5, pa.large_string()),
+            SPLIT_COLUMN: [None, "segment", "segment", None, "segment"],
+            "reject_stage": [None, None, "length", None, None],
+            "reject_reason": [None, None, "too_short", None, None],
+            "reject_detail": pa.array([None, None, "d", None, None], pa.large_string()),
+        }
+    )
+    first, second = writer.write(rows.slice(0, 3)), writer.write(rows.slice(3))
+    assert first["s"]["splits"] == [["segment", "web", 2]]
+    ledger = Ledger(folder, "filter", ["segment", "length"])
+
+    def results():
+        yield first
+        assert Ledger(folder, "filter").shards == {}  # 1 of the 2 documents' rows written
+        yield second
+
+    drain(results(), ledger, {"s": 2}, 1)
+    commit = Ledger(folder, "filter").shards["s"]
+    assert (commit.rows, commit.inputs, commit.kept) == (5, 2, 4)
+    kept = pq.read_table(str(tmp_path / "run" / commit.files[0]))
+    assert SPLIT_COLUMN not in kept.column_names, "the accounting column is never written"
+    segment, length = flow_report(["segment", "length"], ledger.tally(), splits=ledger.splits())
+    assert (segment["in"], segment["made"], segment["kept"], segment["rejected"]) == (2, 3, 5, 0)
+    assert (length["in"], length["kept"], length["rejected"]) == (5, 4, 1) and "made" not in length
+    assert format_table({"stages": [segment, length]}).splitlines()[1].endswith("made 3 rows")
 
 
 def test_a_whole_flow_commits_nothing_until_told(folder):

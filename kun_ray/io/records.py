@@ -36,6 +36,10 @@ REJECT_FIELDS = [
     pa.field("reject_detail", pa.large_string()),
 ]
 REJECT_COLUMNS = [f.name for f in REJECT_FIELDS]
+#: A column of the row stream, never written: on the rows a split stage (segment) makes beyond
+#: the first of each input row, that stage's name.  The ledger counts them apart, so a shard
+#: is committed when the rows it was given are all written, however many rows they became.
+SPLIT_COLUMN = "__split_by__"
 STREAM_SCHEMA = pa.schema([*DOCUMENT_SCHEMA, *REJECT_FIELDS])
 REJECT_SCHEMA = pa.schema(
     [

@@ -124,6 +124,7 @@ class LLMStage(Stage):
 
     task_class: ClassVar[type[Task]]
     deterministic = False
+    carries_columns = False  # its rows are rebuilt to the schema the plan gives it
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

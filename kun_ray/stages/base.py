@@ -4,7 +4,8 @@ A stage is one class in one file, its config model at the top of the file.  It d
 
 - `kind`: `row` (every row in, every row out, maybe rejected: its flow commits shard by shard),
   `global` (needs all of its input, as dedup does: its flow commits whole), or `split` (one row
-  into several with derived ids; none ships yet);
+  into several with derived ids, as segment does: the rows beyond the first carry its name in
+  SPLIT_COLUMN, kun_ray/io/records.py, so the ledger knows how many rows each shard was given);
 - `reads` and `adds`: the columns it needs and the ones it adds, with their Arrow types (the
   plan checks that every column a stage reads is made before it);
 - `reasons`: the reject reasons it may write;
@@ -141,6 +142,9 @@ class Stage:
     #: Whether a rerun gives the same rows (a sampling model does not): a global stage, which reads
     #: its input twice, may not follow a stage that is not in its flow.
     deterministic: ClassVar[bool] = True
+    #: Whether columns it does not know pass through it (an LLM stage's rows are rebuilt to its
+    #: declared schema): a split stage's accounting column must, so none may follow one in its flow.
+    carries_columns: ClassVar[bool] = True
 
     def prepare(self) -> None:
         """Checks that need more than the config (a tokenizer to load), on the driver before any flow runs."""

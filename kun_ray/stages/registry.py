@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 #: Stage type -> "module:Class".
 REGISTRY: dict[str, str] = {
     "normalize": "kun_ray.clean.normalize:Normalize",
+    "segment": "kun_ray.clean.segment:Segment",
     "cjk_ratio": "kun_ray.clean.cjk_ratio:CjkRatio",
     "length": "kun_ray.clean.length:Length",
     "perplexity": "kun_ray.clean.perplexity:Perplexity",
@@ -40,7 +41,7 @@ REGISTRY: dict[str, str] = {
 DEFAULT_FLOWS: dict[str, dict[str, Any]] = {
     "filter": {
         "output": "filtered",
-        "stages": ["normalize", "cjk_ratio", "length", "perplexity", "heuristics"],
+        "stages": ["normalize", "segment", "cjk_ratio", "length", "perplexity", "heuristics"],
         "always": True,
     },
     "dedup": {"output": "clean", "stages": ["exact_dedup", "near_dedup"], "always": True},
